@@ -1,0 +1,5 @@
+"""`python -m aipower` runs the operator CLI."""
+
+from aipower.cli import main
+
+main()

@@ -1,0 +1,19 @@
+"""What the HTTP layer needs, built by app.py and kept on app.state. API layer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aipower.api.auth import Authenticator
+from aipower.api.models import ModelList
+from aipower.gateway.service import Gateway
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    gateway: Gateway
+    auth: Authenticator
+    models: ModelList
+    max_body_bytes: int
+    database_ok: Callable[[], Awaitable[bool]]

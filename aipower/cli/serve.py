@@ -1,0 +1,63 @@
+"""`aipower serve`: migrate the database, say what is configured, run the gateway with uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import uvicorn
+from starlette.applications import Starlette
+
+from aipower import settings as settings_module
+from aipower.app import build_deployments, create_app
+from aipower.settings import Settings
+from aipower.storage import db
+
+
+@click.command()
+@click.option("--host", default=None, help="Interface to listen on [default: 127.0.0.1, AIPOWER_HOST].")
+@click.option("--port", type=int, default=None, help="Port [default: 8000, AIPOWER_PORT].")
+@click.option("--workers", type=int, default=None, help="Worker processes [default: 1, AIPOWER_WORKERS].")
+@click.option(
+    "--catalog",
+    "catalog_paths",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Operator catalog file merged over the shipped one (repeatable) [AIPOWER_CATALOG].",
+)
+def serve(host: str | None, port: int | None, workers: int | None, catalog_paths: tuple[Path, ...]) -> None:
+    """Start the gateway (creates and migrates the database on first start)."""
+    settings = settings_module.from_environ().with_overrides(
+        host=host, port=port, workers=workers, catalog_paths=catalog_paths or None
+    )
+    db.upgrade(settings.database_url)
+    _announce(settings)
+    if settings.workers > 1:
+        settings_module.export(settings)
+        app: str | Starlette = "aipower.app:create_app_from_environ"
+    else:
+        app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers if settings.workers > 1 else None,
+        factory=settings.workers > 1,
+        log_level=settings.log_level,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
+
+
+def _announce(settings: Settings) -> None:
+    deployments = build_deployments(settings)
+    catalog = deployments.catalog
+    ready = sorted({t.provider.id for t in deployments.targets.values()})
+    missing = [p for pid, p in catalog.providers.items() if pid not in ready]
+    click.echo(f"aipower listening on http://{settings.host}:{settings.port}/v1 ({settings.workers} worker(s))")
+    click.echo(f"database: {db.describe(settings.database_url)}")
+    click.echo(f"providers with keys: {', '.join(ready) or 'none'}")
+    for p in missing:
+        click.echo(f"  {p.id}: set {' or '.join(p.key_env)} to enable")
+    click.echo("make an API key: aipower users create you@example.com && aipower keys create you@example.com")

@@ -1,0 +1,26 @@
+"""`aipower users ...`: manage user accounts."""
+
+from __future__ import annotations
+
+import click
+
+from aipower.cli.storage import run
+from aipower.storage import users as user_store
+
+
+@click.group()
+def users() -> None:
+    """Manage users (accounts that own API keys)."""
+
+
+@users.command("create")
+@click.argument("email")
+def create(email: str) -> None:
+    """Create a user with this EMAIL."""
+    if "@" not in email:
+        raise click.BadParameter("expected an email address", param_hint="EMAIL")
+    try:
+        user = run(lambda engine: user_store.create(engine, email))
+    except user_store.UserExists as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created user {user.id} <{user.email}>")

@@ -1,0 +1,1 @@
+"""Domain layer: routing, billing, limits. Never imports starlette, sqlalchemy, httpx, aiohttp or redis."""

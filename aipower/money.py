@@ -1,0 +1,41 @@
+"""Money as integer nano-USD and the one rounding rule. Kernel layer.
+
+1 Nanos = 1e-9 USD. Catalog prices are USD per 1M tokens, so a price in nanos per token is
+price_usd_per_million * 1000 (exact for any price with up to 3 decimals; finer prices keep the
+remainder until the single rounding step below).
+
+Rounding rule (the only one): the cost of one call is computed exactly as a rational number and rounded
+UP to the next whole nano-USD, once per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+Nanos = int
+
+NANOS_PER_USD = 1_000_000_000
+TOKENS_PER_PRICE_UNIT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens, as exact decimals."""
+
+    input: Decimal
+    output: Decimal
+
+
+def cost(input_tokens: int, output_tokens: int, price: Price) -> Nanos:
+    """Cost of one call in nano-USD, rounded up once."""
+    exact = (input_tokens * price.input + output_tokens * price.output) * NANOS_PER_USD
+    whole, remainder = divmod(exact, TOKENS_PER_PRICE_UNIT)
+    return int(whole) + (1 if remainder else 0)
+
+
+def format_usd(amount: Decimal) -> str:
+    """Decimal USD as a plain string with at least two decimals ("0.34", "3.00")."""
+    text = format(amount.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"

@@ -1,0 +1,10 @@
+"""Providers layer: one module per wire format, plus the one transport. WIRE_FORMATS maps catalog `wire` to adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aipower.providers.base import Adapter
+from aipower.providers.openai_chat import OpenAIChat
+
+WIRE_FORMATS: Mapping[str, type[Adapter]] = {"openai": OpenAIChat}

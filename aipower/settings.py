@@ -1,0 +1,90 @@
+"""Settings: environment variables and CLI flags, read once. The only module that reads os.environ. Kernel layer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATABASE_URL = "sqlite:///./aipower-data/aipower.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every deployment setting; `ENV` lists the variable each field is read from."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    catalog_paths: tuple[Path, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 120.0
+    stream_idle_timeout: float = 120.0
+    upstream_max_connections: int = 1000
+    max_body_bytes: int = 16 * 1024 * 1024
+    key_cache_seconds: float = 5.0
+    log_level: str = "info"
+    # Provider credentials and endpoints: every <X>_API_KEY and <X>_BASE_URL variable, resolved
+    # against the catalog's key_env / base_url_env names. Never logged.
+    provider_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced (CLI flags win over the environment)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+ENV: Mapping[str, str] = {
+    "database_url": "AIPOWER_DATABASE_URL",
+    "catalog_paths": "AIPOWER_CATALOG",
+    "host": "AIPOWER_HOST",
+    "port": "AIPOWER_PORT",
+    "workers": "AIPOWER_WORKERS",
+    "connect_timeout": "AIPOWER_CONNECT_TIMEOUT",
+    "first_byte_timeout": "AIPOWER_FIRST_BYTE_TIMEOUT",
+    "stream_idle_timeout": "AIPOWER_STREAM_IDLE_TIMEOUT",
+    "upstream_max_connections": "AIPOWER_UPSTREAM_MAX_CONNECTIONS",
+    "max_body_bytes": "AIPOWER_MAX_BODY_BYTES",
+    "key_cache_seconds": "AIPOWER_KEY_CACHE_SECONDS",
+    "log_level": "AIPOWER_LOG_LEVEL",
+}
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value of the wrong type."""
+
+
+def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the process environment (or the given mapping)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    types = {f.name: f.type for f in fields(Settings)}
+    for name, var in ENV.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        values[name] = _convert(var, raw, str(types[name]))
+    values["provider_env"] = {k: v for k, v in env.items() if (k.endswith("_API_KEY") or k.endswith("_BASE_URL")) and v}
+    return Settings(**values)
+
+
+def export(settings: Settings) -> None:
+    """Write the settings back to this process's environment, for worker processes that re-read it."""
+    for name, var in ENV.items():
+        value = getattr(settings, name)
+        os.environ[var] = os.pathsep.join(str(p) for p in value) if isinstance(value, tuple) else str(value)
+
+
+def _convert(var: str, raw: str, type_name: str) -> Any:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{var}={raw!r}: expected a number") from exc
+    if type_name.startswith("tuple[Path"):
+        return tuple(Path(p) for p in raw.split(os.pathsep) if p)
+    return raw

@@ -1,0 +1,88 @@
+"""API keys: stored as SHA-256 digests; create, find by digest, list, revoke. Implements gateway KeyStore."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aipower.gateway import keys as key_format
+from aipower.gateway.protocols import Caller
+from aipower.storage.tables import api_keys
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    user_id: int
+    name: str
+    prefix: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class KeyNotFound(LookupError):
+    pass
+
+
+async def create(engine: AsyncEngine, user_id: int, name: str) -> tuple[str, KeyRecord]:
+    """A new key: the secret (shown once) and its stored record."""
+    secret = key_format.new_key()
+    record = KeyRecord(
+        id=key_format.new_key_id(),
+        user_id=user_id,
+        name=name,
+        prefix=key_format.display_prefix(secret),
+        created_at=dt.datetime.now(dt.UTC),
+        last_used_at=None,
+        revoked_at=None,
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(api_keys).values(
+                id=record.id,
+                user_id=user_id,
+                name=name,
+                digest=key_format.digest(secret),
+                prefix=record.prefix,
+                created_at=record.created_at,
+            )
+        )
+    return secret, record
+
+
+async def list_for_user(engine: AsyncEngine, user_id: int) -> list[KeyRecord]:
+    query = select(api_keys).where(api_keys.c.user_id == user_id).order_by(api_keys.c.created_at)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [KeyRecord(r.id, r.user_id, r.name, r.prefix, r.created_at, r.last_used_at, r.revoked_at) for r in rows]
+
+
+async def revoke(engine: AsyncEngine, key_id: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
+        )
+        if result.rowcount == 0:
+            exists = (await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))).first()
+            if exists is None:
+                raise KeyNotFound(f"no key with id {key_id}")
+
+
+class SqlKeyStore:
+    """KeyStore on the api_keys table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._query = select(api_keys.c.id, api_keys.c.user_id, api_keys.c.revoked_at)
+
+    async def find(self, digest: str) -> Caller | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(self._query.where(api_keys.c.digest == digest))).first()
+        if row is None:
+            return None
+        return Caller(key_id=row.id, user_id=row.user_id, revoked=row.revoked_at is not None)

@@ -1,0 +1,52 @@
+"""User accounts: create and find by email. Storage layer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aipower.storage.tables import users
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    email: str
+    created_at: dt.datetime
+
+
+class UserExists(ValueError):
+    pass
+
+
+class UserNotFound(LookupError):
+    pass
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+async def create(engine: AsyncEngine, email: str) -> User:
+    email = normalize_email(email)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(insert(users).values(email=email, created_at=now).returning(users.c.id))
+            user_id = result.scalar_one()
+    except IntegrityError as exc:
+        raise UserExists(f"a user with email {email} already exists") from exc
+    return User(id=user_id, email=email, created_at=now)
+
+
+async def find(engine: AsyncEngine, email: str) -> User:
+    email = normalize_email(email)
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(users).where(users.c.email == email))).first()
+    if row is None:
+        raise UserNotFound(f"no user with email {email}; create one with `aipower users create {email}`")
+    return User(id=row.id, email=row.email, created_at=row.created_at)

@@ -19,12 +19,15 @@ from aipower.errors import GatewayError
 from aipower.gateway.deployments import resolve
 from aipower.gateway.routing import Deployments
 from aipower.gateway.service import Gateway
+from aipower.money import usd_to_nanos
 from aipower.providers import WIRE_FORMATS
 from aipower.providers.client import ProviderClient
 from aipower.providers.transport import Timeouts, Transport
 from aipower.settings import Settings, from_environ
 from aipower.storage import db
 from aipower.storage.keys import SqlKeyStore
+from aipower.storage.ledger import SqlLedger
+from aipower.storage.reports import SqlAccountReader
 from aipower.storage.request_log import BufferedRequestLog
 
 
@@ -50,7 +53,8 @@ def create_app(settings: Settings) -> Starlette:
     transport = Transport(timeouts, settings.upstream_max_connections)
     request_log = BufferedRequestLog(engine)
     services = Services(engine, transport, request_log, deployments)
-    gateway = Gateway(deployments, ProviderClient(deployments.catalog, transport), request_log)
+    upstream = ProviderClient(deployments.catalog, transport)
+    gateway = Gateway(deployments, upstream, request_log, SqlLedger(engine), deployments.catalog.billing)
     available = {model_id: True for model_id in deployments.targets}
 
     async def database_ok() -> bool:
@@ -65,6 +69,8 @@ def create_app(settings: Settings) -> Starlette:
         gateway=gateway,
         auth=Authenticator(SqlKeyStore(engine), settings.key_cache_seconds),
         models=ModelList(deployments.catalog, available),
+        accounts=SqlAccountReader(engine),
+        unlock_nanos=usd_to_nanos(deployments.catalog.billing.unlock_topup_usd),
         max_body_bytes=settings.max_body_bytes,
         database_ok=database_ok,
     )

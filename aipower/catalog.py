@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aipower.money import Price
 
@@ -79,10 +79,26 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class BonusTier:
+    min_usd: Decimal
+    percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class BillingRules:
+    trial_calls: int = 10
+    unlock_topup_usd: Decimal = Decimal(5)
+    first_topup_min_usd: Decimal = Decimal(5)
+    first_topup_credits: int = 100
+    topup_bonus: tuple[BonusTier, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     providers: Mapping[str, ProviderSpec]
     models: Mapping[str, ModelSpec]
     routes: Mapping[str, RouteSpec]
+    billing: BillingRules = field(default_factory=BillingRules)
 
 
 class _QuirksFile(BaseModel):
@@ -102,17 +118,19 @@ class _ProviderFile(BaseModel):
     quirks: _QuirksFile = _QuirksFile()
 
 
+def _no_float(value: object) -> object:
+    if isinstance(value, float):
+        raise ValueError('write money as decimal strings, e.g. "0.34", never as floats')
+    return value
+
+
+_Usd = Annotated[Decimal, BeforeValidator(_no_float), Field(ge=0)]
+
+
 class _PriceFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input: Decimal = Field(ge=0)
-    output: Decimal = Field(ge=0)
-
-    @field_validator("input", "output", mode="before")
-    @classmethod
-    def _no_float(cls, value: object) -> object:
-        if isinstance(value, float):
-            raise ValueError('write prices as decimal strings, e.g. "0.34", never as floats')
-        return value
+    input: _Usd
+    output: _Usd
 
 
 class _ModelFile(BaseModel):
@@ -135,11 +153,32 @@ class _RouteFile(BaseModel):
     description: str
 
 
+class _FirstBonusFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_usd: _Usd
+    credits: int = Field(ge=0)
+
+
+class _BonusTierFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_usd: _Usd
+    percent: int = Field(ge=0, le=1000)
+
+
+class _BillingFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trial_calls: int = Field(default=10, ge=0)
+    unlock_topup_usd: _Usd = Decimal(5)
+    first_topup_bonus: _FirstBonusFile = _FirstBonusFile(min_usd=Decimal(5), credits=100)
+    topup_bonus: list[_BonusTierFile] = []
+
+
 class _CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     providers: dict[str, _ProviderFile] = {}
     models: dict[str, _ModelFile] = {}
     routes: dict[str, _RouteFile] = {}
+    billing: _BillingFile = _BillingFile()
 
 
 def load(paths: Sequence[Path] = ()) -> Catalog:
@@ -148,14 +187,17 @@ def load(paths: Sequence[Path] = ()) -> Catalog:
     merged = tomllib.loads(shipped)
     for path in paths:
         merged = _merge(merged, _read(path))
+    where = ", ".join(str(p) for p in paths) or "the shipped catalog.toml"
     try:
         parsed = _CatalogFile.model_validate(merged)
     except ValidationError as exc:
-        where = ", ".join(str(p) for p in paths) or "the shipped catalog.toml"
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         raise CatalogError(f"catalog ({where}): {key}: {first['msg']}") from exc
-    return _build(parsed)
+    try:
+        return _build(parsed)
+    except CatalogError as exc:
+        raise CatalogError(str(exc).replace("catalog:", f"catalog ({where}):", 1)) from None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -190,7 +232,18 @@ def _build(parsed: _CatalogFile) -> Catalog:
         unknown = [c for c in route.candidates if c not in models]
         if unknown:
             raise CatalogError(f"catalog: routes.{route.id}.candidates: unknown models {unknown}")
-    return Catalog(providers=providers, models=models, routes=routes)
+    return Catalog(providers=providers, models=models, routes=routes, billing=_billing(parsed.billing))
+
+
+def _billing(b: _BillingFile) -> BillingRules:
+    tiers = sorted((BonusTier(t.min_usd, t.percent) for t in b.topup_bonus), key=lambda t: t.min_usd)
+    return BillingRules(
+        trial_calls=b.trial_calls,
+        unlock_topup_usd=b.unlock_topup_usd,
+        first_topup_min_usd=b.first_topup_bonus.min_usd,
+        first_topup_credits=b.first_topup_bonus.credits,
+        topup_bonus=tuple(tiers),
+    )
 
 
 def _provider(pid: str, p: _ProviderFile) -> ProviderSpec:

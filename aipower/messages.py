@@ -37,6 +37,7 @@ class ToolCall:
 class Reasoning:
     text: str
     signature: str | None = None  # opaque provider data, echoed back on the next turn
+    redacted: bool = False  # encrypted reasoning (Anthropic redacted_thinking): no text, the data is `signature`
 
 
 Part = Text | Image | ToolCall | Reasoning
@@ -123,6 +124,7 @@ class ReasoningDelta:
     index: int
     text: str
     signature: str | None = None
+    redacted: bool = False  # as Reasoning.redacted
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,7 @@ class Finish:
 @dataclass(frozen=True, slots=True)
 class UsageReport:
     usage: Usage
+    cost_nanos: int | None = None  # what the caller is charged, filled in by the gateway
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finish | UsageReport

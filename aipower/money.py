@@ -39,3 +39,31 @@ def format_usd(amount: Decimal) -> str:
     text = format(amount.normalize(), "f")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(2, '0')}"
+
+
+NANOS_PER_CREDIT = 10_000_000  # 1 credit = $0.01
+
+
+class MoneyError(ValueError):
+    """An amount that is not a whole number of nano-USD, or negative where that makes no sense."""
+
+
+def usd_to_nanos(usd: Decimal) -> Nanos:
+    """Exact conversion; an amount finer than 1e-9 USD is refused rather than rounded."""
+    nanos = usd * NANOS_PER_USD
+    if nanos != nanos.to_integral_value():
+        raise MoneyError(f"{usd} USD is not a whole number of nano-USD")
+    return int(nanos)
+
+
+def nanos_to_usd(nanos: Nanos) -> Decimal:
+    return Decimal(nanos).scaleb(-9)
+
+
+def usd_text(nanos: Nanos) -> str:
+    """Nanos as a plain decimal USD string without exponent or trailing zeros beyond cents ("0.000001234")."""
+    return format_usd(nanos_to_usd(nanos))
+
+
+def credits_text(nanos: Nanos) -> str:
+    return format_usd(Decimal(nanos) / NANOS_PER_CREDIT)

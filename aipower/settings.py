@@ -26,6 +26,7 @@ class Settings:
     upstream_max_connections: int = 1000
     max_body_bytes: int = 16 * 1024 * 1024
     key_cache_seconds: float = 5.0
+    stale_hold_seconds: int = 3600
     log_level: str = "info"
     # Provider credentials and endpoints: every <X>_API_KEY and <X>_BASE_URL variable, resolved
     # against the catalog's key_env / base_url_env names. Never logged.
@@ -48,6 +49,7 @@ ENV: Mapping[str, str] = {
     "upstream_max_connections": "AIPOWER_UPSTREAM_MAX_CONNECTIONS",
     "max_body_bytes": "AIPOWER_MAX_BODY_BYTES",
     "key_cache_seconds": "AIPOWER_KEY_CACHE_SECONDS",
+    "stale_hold_seconds": "AIPOWER_STALE_HOLD_SECONDS",
     "log_level": "AIPOWER_LOG_LEVEL",
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from aipower import catalog as catalog_file
 from aipower.app import create_app
 from aipower.settings import Settings
-from aipower.storage import db
+from aipower.storage import accounts, db
 from aipower.storage import keys as key_store
 from aipower.storage import users as user_store
 from tests.databases import fresh_database
@@ -74,12 +75,18 @@ def make_settings(database_url: str, upstream_url: str, **overrides: object) -> 
     return base.with_overrides(**overrides)
 
 
-def create_key(database_url: str, email: str) -> tuple[str, str]:
+def create_key(
+    database_url: str, email: str, top_up: Decimal | None = Decimal(1000), trial_calls: int = 0
+) -> tuple[str, str]:
+    """A key for `email` (created if needed); by default the user has topped up $1000, enough for any model."""
+
     async def run() -> tuple[str, str]:
         engine = db.make_engine(database_url)
         try:
             try:
-                user = await user_store.create(engine, email)
+                user = await user_store.create(engine, email, trial_calls)
+                if top_up is not None:
+                    await accounts.top_up(engine, user.id, top_up, catalog_file.load().billing, "test funds")
             except user_store.UserExists:
                 user = await user_store.find(engine, email)
             secret, record = await key_store.create(engine, user.id, "test")

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from aipower.api.billing import get_balance, get_generation, get_usage
 from aipower.api.chat import chat_completions
 from aipower.api.models import get_model, list_models
 from aipower.errors import GatewayError
@@ -23,6 +24,9 @@ def routes() -> list[Route]:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        Route("/v1/balance", get_balance, methods=["GET"]),
+        Route("/v1/usage", get_usage, methods=["GET"]),
+        Route("/v1/generation/{generation_id}", get_generation, methods=["GET"]),
     ]
 
 

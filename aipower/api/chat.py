@@ -16,6 +16,7 @@ from aipower.api.context import ApiContext
 from aipower.api.event_stream import EventStreamResponse
 from aipower.errors import GatewayError, RequestTooLarge
 from aipower.messages import StreamEvent
+from aipower.money import usd_text
 
 
 async def chat_completions(request: Request) -> Response:
@@ -33,7 +34,11 @@ async def chat_completions(request: Request) -> Response:
     return Response(
         wire.render_response(completion, response_id, created),
         media_type="application/json",
-        headers={"x-request-id": response_id, "x-aipower-model": completion.model.id},
+        headers={
+            "x-request-id": response_id,
+            "x-aipower-model": completion.model.id,
+            "x-aipower-cost": usd_text(completion.cost_nanos),
+        },
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aipower.api.auth import Authenticator
 from aipower.api.models import ModelList
+from aipower.gateway.protocols import AccountReader
 from aipower.gateway.service import Gateway
 
 
@@ -15,5 +16,7 @@ class ApiContext:
     gateway: Gateway
     auth: Authenticator
     models: ModelList
+    accounts: AccountReader
+    unlock_nanos: int
     max_body_bytes: int
     database_ok: Callable[[], Awaitable[bool]]

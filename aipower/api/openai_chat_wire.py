@@ -33,6 +33,7 @@ from aipower.messages import (
     Usage,
     UsageReport,
 )
+from aipower.money import usd_text
 
 
 class _In(BaseModel):
@@ -272,7 +273,7 @@ def render_response(completion: Completion, response_id: str, created: int) -> b
         "created": created,
         "model": completion.model.id,
         "choices": [_choice(c) for c in response.choices],
-        "usage": render_usage(completion.usage),
+        "usage": render_usage(completion.usage, completion.cost_nanos),
     }
     if response.system_fingerprint is not None:
         body["system_fingerprint"] = response.system_fingerprint
@@ -299,14 +300,18 @@ def _choice(choice: Choice) -> dict[str, Any]:
     }
 
 
-def render_usage(usage: Usage) -> dict[str, Any]:
-    return {
+def render_usage(usage: Usage, cost_nanos: int | None) -> dict[str, Any]:
+    """OpenAI's usage object, plus `cost` in USD (as OpenRouter reports it), an exact decimal, never a float."""
+    rendered: dict[str, Any] = {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
+    if cost_nanos is not None:
+        rendered["cost"] = orjson.Fragment(usd_text(cost_nanos).encode())
+    return rendered
 
 
 class ChunkRenderer:
@@ -327,15 +332,16 @@ class ChunkRenderer:
             case TextDelta(index=i, text=text):
                 return self._delta(i, {"content": text})
             case ReasoningDelta(index=i, text=text):
-                return self._delta(i, {"reasoning_content": text})
+                # A signature-only delta (Gemini, Anthropic) has nothing this wire can show.
+                return self._delta(i, {"reasoning_content": text}) if text else None
             case ToolCallDelta(index=i):
                 return self._delta(i, {"tool_calls": [_tool_call_delta(event)]})
             case Finish(index=i, reason=reason):
                 return self._frame([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
-            case UsageReport(usage=usage):
+            case UsageReport(usage=usage, cost_nanos=cost):
                 if not self._include_usage:
                     return None
-                return self._head + b'[],"usage":' + orjson.dumps(render_usage(usage)) + b"}\n\n"
+                return self._head + b'[],"usage":' + orjson.dumps(render_usage(usage, cost)) + b"}\n\n"
             case _:
                 assert_never(event)
 

@@ -25,9 +25,9 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if kind == "union_tag_invalid":
         ctx = error.get("ctx") or {}
+        param = f"{param}.{ctx.get('discriminator', '').strip(chr(39))}"  # the field at fault, e.g. messages[0].role
         return InvalidRequest(
-            f"Invalid value for '{param}.{ctx.get('discriminator', '').strip(chr(39))}': {ctx.get('tag')!r}. "
-            f"Supported values are: {ctx.get('expected_tags')}.",
+            f"Invalid value for '{param}': {ctx.get('tag')!r}. Supported values are: {ctx.get('expected_tags')}.",
             param=param,
             code="invalid_value",
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from aipower import __version__
+from aipower.cli.billing import balance, cap, credits, ledger
 from aipower.cli.db import db
 from aipower.cli.keys import keys
 from aipower.cli.models import models
@@ -23,6 +24,10 @@ cli.add_command(users)
 cli.add_command(keys)
 cli.add_command(models)
 cli.add_command(db)
+cli.add_command(credits)
+cli.add_command(balance)
+cli.add_command(cap)
+cli.add_command(ledger)
 
 
 def main() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
+
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.cli.storage import run
+from aipower.money import usd_to_nanos
 from aipower.storage import keys as key_store
 from aipower.storage import users as user_store
 
@@ -63,6 +67,37 @@ def revoke(key_id: str) -> None:
     except key_store.KeyNotFound as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"revoked {key_id}")
+
+
+@keys.command("restrict")
+@click.argument("key_id")
+@click.option("--expires", default=None, help="Expiry as an ISO date/time in UTC (e.g. 2026-12-31), or 'never'.")
+@click.option("--models", default=None, help="Comma-separated model ids the key may use, or 'any'.")
+@click.option("--spend-limit", default=None, help="Lifetime spend limit of the key in USD, or 'none'.")
+def restrict(key_id: str, expires: str | None, models: str | None, spend_limit: str | None) -> None:
+    """Set KEY_ID's expiry, allowed models and spend limit (options not given are cleared)."""
+    restriction = key_store.KeyRestriction(
+        expires_at=_expiry(expires),
+        allowed_models=frozenset(m.strip() for m in models.split(",") if m.strip())
+        if models and models != "any"
+        else None,
+        spend_limit_nanos=None if spend_limit in (None, "none") else usd_to_nanos(Decimal(spend_limit)),
+    )
+    try:
+        run(lambda engine: key_store.restrict(engine, key_id, restriction))
+    except key_store.KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restricted {key_id}")
+
+
+def _expiry(value: str | None) -> dt.datetime | None:
+    if value in (None, "never"):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("expected an ISO date such as 2026-12-31", param_hint="--expires") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _when(value: object) -> str:

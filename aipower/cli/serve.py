@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from pathlib import Path
 
 import click
@@ -11,7 +13,7 @@ from starlette.applications import Starlette
 from aipower import settings as settings_module
 from aipower.app import build_deployments, create_app
 from aipower.settings import Settings
-from aipower.storage import db
+from aipower.storage import accounts, db, ledger
 
 
 @click.command()
@@ -31,7 +33,10 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
         host=host, port=port, workers=workers, catalog_paths=catalog_paths or None
     )
     db.upgrade(settings.database_url)
+    released = asyncio.run(_release_stale_holds(settings))
     _announce(settings)
+    if released:
+        click.echo(f"released {released} hold(s) abandoned by a stopped process (not charged)")
     if settings.workers > 1:
         settings_module.export(settings)
         app: str | Starlette = "aipower.app:create_app_from_environ"
@@ -48,6 +53,16 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
         http="httptools",
         access_log=False,
     )
+
+
+async def _release_stale_holds(settings: Settings) -> int:
+    """Holds older than any call can last belong to a process that died mid-call: release them, no charge."""
+    engine = db.make_engine(settings.database_url)
+    try:
+        stale = await accounts.stale_holds(engine, dt.timedelta(seconds=settings.stale_hold_seconds))
+        return sum([await ledger.release(engine, hold_id) for hold_id in stale])
+    finally:
+        await engine.dispose()
 
 
 def _announce(settings: Settings) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from aipower import catalog as catalog_file
 from aipower.cli.storage import run
+from aipower.settings import from_environ
 from aipower.storage import users as user_store
 
 
@@ -19,8 +21,9 @@ def create(email: str) -> None:
     """Create a user with this EMAIL."""
     if "@" not in email:
         raise click.BadParameter("expected an email address", param_hint="EMAIL")
+    trial_calls = catalog_file.load(from_environ().catalog_paths).billing.trial_calls
     try:
-        user = run(lambda engine: user_store.create(engine, email))
+        user = run(lambda engine: user_store.create(engine, email, trial_calls))
     except user_store.UserExists as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"created user {user.id} <{user.email}>")
+    click.echo(f"created user {user.id} <{user.email}> with {trial_calls} free trial calls")

@@ -73,7 +73,9 @@ class OpenAIChat(Adapter):
         )
 
     async def parse_stream(self, events: AsyncIterator[SseEvent]) -> AsyncIterator[StreamEvent]:
+        empty = True
         async for event in events:
+            empty = False
             if event.data == "[DONE]":
                 return
             try:
@@ -86,6 +88,8 @@ class OpenAIChat(Adapter):
                 raise self._error_from(chunk, status=502)
             for stream_event in _chunk_events(chunk):
                 yield stream_event
+        if empty:  # e.g. an HTML page or plain text with status 200: not one SSE event in it
+            raise self.unreadable("an empty stream or one that is not server-sent events")
 
     def parse_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         try:

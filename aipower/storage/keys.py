@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
@@ -26,6 +27,13 @@ class KeyRecord:
 
 class KeyNotFound(LookupError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRestriction:
+    expires_at: dt.datetime | None = None
+    allowed_models: frozenset[str] | None = None
+    spend_limit_nanos: int | None = None
 
 
 async def create(engine: AsyncEngine, user_id: int, name: str) -> tuple[str, KeyRecord]:
@@ -78,11 +86,38 @@ class SqlKeyStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._query = select(api_keys.c.id, api_keys.c.user_id, api_keys.c.revoked_at)
+        k = api_keys.c
+        self._query = select(k.id, k.user_id, k.revoked_at, k.expires_at, k.allowed_models)
 
     async def find(self, digest: str) -> Caller | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(self._query.where(api_keys.c.digest == digest))).first()
         if row is None:
             return None
-        return Caller(key_id=row.id, user_id=row.user_id, revoked=row.revoked_at is not None)
+        return Caller(
+            key_id=row.id,
+            user_id=row.user_id,
+            revoked=row.revoked_at is not None,
+            expires_at=_utc(row.expires_at),
+            allowed_models=frozenset(json.loads(row.allowed_models)) if row.allowed_models else None,
+        )
+
+
+async def restrict(engine: AsyncEngine, key_id: str, restriction: KeyRestriction) -> None:
+    """Set a key's expiry, allowed models and spend limit (None clears each)."""
+    values = {
+        "expires_at": restriction.expires_at,
+        "allowed_models": json.dumps(sorted(restriction.allowed_models)) if restriction.allowed_models else None,
+        "spend_limit_nanos": restriction.spend_limit_nanos,
+    }
+    async with engine.begin() as conn:
+        result = await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**values))
+        if result.rowcount == 0:
+            raise KeyNotFound(f"no key with id {key_id}")
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes: they were stored as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value

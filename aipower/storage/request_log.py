@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 from typing import Any
 
@@ -51,7 +52,7 @@ class BufferedRequestLog:
         entries, self._pending = self._pending, []
         if not entries:
             return
-        rows = [dataclasses.asdict(e) for e in entries]
+        rows = [row_of(e) for e in entries]
         used: dict[str, Any] = {}
         for entry in entries:
             used[entry.key_id] = max(entry.created_at, used.get(entry.key_id, entry.created_at))
@@ -74,13 +75,28 @@ class BufferedRequestLog:
             await self.flush()
 
 
+def row_of(entry: LogEntry) -> dict[str, Any]:
+    return dataclasses.asdict(entry)
+
+
+def entry_columns() -> list[Any]:
+    return [request_log.c[f.name] for f in dataclasses.fields(LogEntry)]
+
+
+def entry_of(row: Any) -> LogEntry:
+    values = row._asdict()
+    created = values["created_at"]
+    if created.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
+        values["created_at"] = created.replace(tzinfo=dt.UTC)
+    return LogEntry(**values)
+
+
 async def recent(engine: AsyncEngine, limit: int = 50) -> list[LogEntry]:
     """The latest rows, newest first."""
-    columns = [request_log.c[f.name] for f in dataclasses.fields(LogEntry)]
-    query = select(*columns).order_by(request_log.c.id.desc()).limit(limit)
+    query = select(*entry_columns()).order_by(request_log.c.id.desc()).limit(limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [LogEntry(**row._asdict()) for row in rows]
+    return [entry_of(row) for row in rows]
 
 
 async def count(engine: AsyncEngine) -> int:

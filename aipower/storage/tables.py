@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -13,9 +14,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    false,
 )
 
 metadata = MetaData()
+
+Money = BigInteger  # nano-USD (aipower.money.Nanos)
 
 users = Table(
     "users",
@@ -23,6 +28,14 @@ users = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("email", String(320), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The account: balance excludes open holds; balance + open balance holds == sum(ledger) at all times.
+    Column("balance_nanos", Money, nullable=False, server_default="0"),
+    Column("lifetime_topup_nanos", Money, nullable=False, server_default="0"),
+    Column("trial_calls_left", Integer, nullable=False, server_default="0"),
+    Column("daily_cap_nanos", Money, nullable=True),
+    Column("spend_day", String(10), nullable=True),  # UTC day (YYYY-MM-DD) that spend_day_nanos counts
+    Column("spend_day_nanos", Money, nullable=False, server_default="0"),
+    CheckConstraint("balance_nanos >= 0", name="ck_users_balance_nonnegative"),
 )
 
 api_keys = Table(
@@ -36,6 +49,39 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("allowed_models", Text, nullable=True),  # JSON list of model ids; NULL = any
+    Column("spend_limit_nanos", Money, nullable=True),
+    Column("spent_nanos", Money, nullable=False, server_default="0"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("amount_nanos", Money, nullable=False),
+    Column("mode", String(16), nullable=False),  # balance | trial
+    Column("spend_day", String(10), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("settled_at", DateTime(timezone=True), nullable=True),
+    Column("charged_nanos", Money, nullable=True),
+    Index("ix_holds_open", "settled_at", "created_at"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("amount_nanos", Money, nullable=False),
+    Column("reason", String(16), nullable=False),  # top-up bonus trial usage refund grant adjustment
+    Column("request_id", String(64), nullable=True),
+    Column("note", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_ledger_user", "user_id", "id"),
 )
 
 request_log = Table(
@@ -57,6 +103,10 @@ request_log = Table(
     Column("latency_ms", Integer, nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("cost_nanos", Money, nullable=False, server_default="0"),
+    Column("billing_mode", String(16), nullable=True),
+    Column("estimated", Boolean, nullable=False, server_default=false()),
     Index("ix_request_log_user_created", "user_id", "created_at"),
+    Index("ix_request_log_request_id", "request_id"),
     Index("ix_request_log_key_created", "key_id", "created_at"),
 )

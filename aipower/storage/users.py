@@ -31,12 +31,14 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-async def create(engine: AsyncEngine, email: str) -> User:
+async def create(engine: AsyncEngine, email: str, trial_calls: int = 0) -> User:
+    """A new user with `trial_calls` free calls (the catalog's billing.trial_calls for real sign-ups)."""
     email = normalize_email(email)
     now = dt.datetime.now(dt.UTC)
+    values = {"email": email, "created_at": now, "trial_calls_left": trial_calls}
     try:
         async with engine.begin() as conn:
-            result = await conn.execute(insert(users).values(email=email, created_at=now).returning(users.c.id))
+            result = await conn.execute(insert(users).values(**values).returning(users.c.id))
             user_id = result.scalar_one()
     except IntegrityError as exc:
         raise UserExists(f"a user with email {email} already exists") from exc

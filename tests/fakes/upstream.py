@@ -74,6 +74,7 @@ class FakeUpstream:
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self.stream_closed = threading.Event()
+        self.received = threading.Event()  # set when a request arrives
         self.stream_closed_at: float | None = None
 
     def enqueue(self, *replies: Reply) -> None:
@@ -85,6 +86,7 @@ class FakeUpstream:
             self._script.clear()
             self.requests.clear()
         self.stream_closed.clear()
+        self.received.clear()
         self.stream_closed_at = None
 
     @property
@@ -99,6 +101,7 @@ class FakeUpstream:
         recorded = Recorded(request.method, request.url.path, dict(request.headers), body)
         with self._lock:
             self.requests.append(recorded)
+            self.received.set()
             reply = self._script.popleft() if self._script else None
         return await self._reply(reply, recorded)
 

@@ -1,0 +1,149 @@
+"""`aipower credits|balance|cap|ledger`: top-ups, grants, balances, daily caps, ledger verification and repair."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from typing import TypeVar
+
+import click
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aipower import catalog as catalog_file
+from aipower.cli.storage import run
+from aipower.gateway.protocols import Balance
+from aipower.money import MoneyError, credits_text, usd_text
+from aipower.settings import from_environ
+from aipower.storage import accounts
+from aipower.storage import ledger as ledger_store
+from aipower.storage import users as user_store
+
+
+class Usd(click.ParamType[Decimal]):
+    name = "USD"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        try:
+            amount = Decimal(str(value))
+        except InvalidOperation:
+            self.fail(f"{value!r} is not an amount in USD (e.g. 20 or 4.99)", param, ctx)
+        if not amount.is_finite() or amount < 0:
+            self.fail(f"{value!r} must be a positive amount", param, ctx)
+        return amount
+
+
+USD = Usd()
+T = TypeVar("T")
+
+
+@click.group()
+def credits() -> None:
+    """Add money to a user's balance."""
+
+
+@credits.command("add")
+@click.argument("email")
+@click.argument("usd", type=USD)
+@click.option("--reason", default=None, help="A note stored on the ledger row.")
+def add(email: str, usd: Decimal, reason: str | None) -> None:
+    """Credit a top-up of USD (counts for the tier unlock and earns the configured bonuses)."""
+    rules = catalog_file.load(from_environ().catalog_paths).billing
+
+    async def operation(engine: AsyncEngine) -> int:
+        user = await user_store.find(engine, email)
+        return await accounts.top_up(engine, user.id, usd, rules, reason)
+
+    total = _run_money(operation)
+    click.echo(f"credited ${usd_text(total)} ({credits_text(total)} credits, bonuses included) to {email}")
+
+
+@credits.command("grant")
+@click.argument("email")
+@click.argument("usd", type=USD)
+@click.option("--reason", default=None, help="A note stored on the ledger row.")
+def grant(email: str, usd: Decimal, reason: str | None) -> None:
+    """Gift USD to a user (no bonus, does not unlock the premium models)."""
+
+    async def operation(engine: AsyncEngine) -> int:
+        user = await user_store.find(engine, email)
+        return await accounts.grant(engine, user.id, usd, reason)
+
+    total = _run_money(operation)
+    click.echo(f"granted ${usd_text(total)} to {email}")
+
+
+@click.command()
+@click.argument("email")
+def balance(email: str) -> None:
+    """Show a user's balance, holds, trial calls and today's spend."""
+
+    async def operation(engine: AsyncEngine) -> Balance:
+        user = await user_store.find(engine, email)
+        return await accounts.balance(engine, user.id)
+
+    b = _run_money(operation)
+    cap = "none" if b.daily_cap_nanos is None else f"${usd_text(b.daily_cap_nanos)}"
+    click.echo(f"balance:      ${usd_text(b.balance_nanos)} ({credits_text(b.balance_nanos)} credits)")
+    click.echo(f"held:         ${usd_text(b.held_nanos)}")
+    click.echo(f"top-ups:      ${usd_text(b.lifetime_topup_nanos)}")
+    click.echo(f"trial calls:  {b.trial_calls_left}")
+    click.echo(f"today (UTC):  ${usd_text(b.spent_today_nanos)} spent, cap {cap}")
+
+
+@click.group()
+def cap() -> None:
+    """Daily spending caps (UTC day)."""
+
+
+@cap.command("set")
+@click.argument("email")
+@click.argument("usd", type=USD, required=False)
+def set_cap(email: str, usd: Decimal | None) -> None:
+    """Set a user's daily cap to USD; without USD, remove the cap."""
+
+    async def operation(engine: AsyncEngine) -> None:
+        user = await user_store.find(engine, email)
+        await accounts.set_cap(engine, user.id, usd)
+
+    _run_money(operation)
+    click.echo(f"daily cap for {email}: {'none' if usd is None else f'${usd}'}")
+
+
+@click.group()
+def ledger() -> None:
+    """Ledger checks."""
+
+
+@ledger.command("verify")
+@click.option("--repair", is_flag=True, help="Release holds abandoned by a crashed process (no charge).")
+@click.option(
+    "--older-than", type=int, default=3600, show_default=True, help="Seconds before a hold counts as abandoned."
+)
+def verify(repair: bool, older_than: int) -> None:
+    """Prove every balance equals the sum of its ledger (plus open holds); exit 1 if not."""
+
+    async def operation(engine: AsyncEngine) -> tuple[int, list[accounts.Discrepancy], int]:
+        released = 0
+        if repair:
+            for hold_id in await accounts.stale_holds(engine, dt.timedelta(seconds=older_than)):
+                released += await ledger_store.release(engine, hold_id)
+        return released, await accounts.verify(engine), await accounts.count_open_holds(engine)
+
+    released, problems, open_holds = run(operation)
+    if repair:
+        click.echo(f"released {released} abandoned hold(s)")
+    for p in problems:
+        click.echo(
+            f"user {p.user_id}: balance {p.balance_nanos} + held {p.held_nanos} != ledger {p.ledger_nanos} (nano-USD)"
+        )
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"ledger ok: every balance equals its ledger ({open_holds} hold(s) open)")
+
+
+def _run_money(operation: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    try:
+        return run(operation)
+    except (user_store.UserNotFound, MoneyError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,125 @@
+"""Account operations outside a call: top-ups with bonuses, grants, caps, balance views, verify and repair."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aipower import money
+from aipower.catalog import BillingRules
+from aipower.gateway import billing
+from aipower.gateway.protocols import Balance
+from aipower.storage.ledger import _append, today
+from aipower.storage.tables import holds, ledger, users
+
+u = users.c
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    user_id: int
+    balance_nanos: int
+    held_nanos: int
+    ledger_nanos: int
+
+
+async def top_up(engine: AsyncEngine, user_id: int, usd: Decimal, rules: BillingRules, note: str | None) -> int:
+    """Credit a top-up and the bonuses it earns (one transaction); returns the total credited in nanos."""
+    amount = _positive(usd)
+    async with engine.begin() as conn:
+        before = (
+            await conn.execute(select(u.lifetime_topup_nanos).where(u.id == user_id).with_for_update())
+        ).scalar_one()
+        entries = [("top-up", amount, note)]
+        entries += [("bonus", nanos, why) for why, nanos in billing.bonuses(rules, usd, first=before == 0)]
+        for reason, nanos, text in entries:
+            await _append(conn, user_id, nanos, reason, None, text)
+        total = sum(nanos for _, nanos, _ in entries)
+        await conn.execute(
+            update(users)
+            .where(u.id == user_id)
+            .values(balance_nanos=u.balance_nanos + total, lifetime_topup_nanos=u.lifetime_topup_nanos + amount)
+        )
+    return total
+
+
+async def grant(engine: AsyncEngine, user_id: int, usd: Decimal, note: str | None) -> int:
+    """An admin gift: credited, but no bonus and no tier unlock."""
+    amount = _positive(usd)
+    async with engine.begin() as conn:
+        await _append(conn, user_id, amount, "grant", None, note)
+        await conn.execute(update(users).where(u.id == user_id).values(balance_nanos=u.balance_nanos + amount))
+    return amount
+
+
+async def set_cap(engine: AsyncEngine, user_id: int, usd: Decimal | None) -> None:
+    cap = None if usd is None else money.usd_to_nanos(usd)
+    async with engine.begin() as conn:
+        await conn.execute(update(users).where(u.id == user_id).values(daily_cap_nanos=cap))
+
+
+async def balance(engine: AsyncEngine, user_id: int) -> Balance:
+    day = today()
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(users).where(u.id == user_id))).one()
+        held = (
+            await conn.execute(
+                select(func.coalesce(func.sum(holds.c.amount_nanos), 0)).where(
+                    holds.c.user_id == user_id, holds.c.settled_at.is_(None)
+                )
+            )
+        ).scalar_one()
+    return Balance(
+        user_id=user_id,
+        balance_nanos=row.balance_nanos,
+        held_nanos=int(held),
+        lifetime_topup_nanos=row.lifetime_topup_nanos,
+        trial_calls_left=row.trial_calls_left,
+        daily_cap_nanos=row.daily_cap_nanos,
+        spent_today_nanos=row.spend_day_nanos if row.spend_day == day else 0,
+    )
+
+
+async def verify(engine: AsyncEngine) -> list[Discrepancy]:
+    """Every user whose balance + open holds differs from the sum of their ledger, or is negative."""
+    open_holds = (
+        select(holds.c.user_id, func.sum(holds.c.amount_nanos).label("held"))
+        .where(holds.c.settled_at.is_(None))
+        .group_by(holds.c.user_id)
+        .subquery()
+    )
+    sums = (
+        select(ledger.c.user_id, func.sum(ledger.c.amount_nanos).label("total")).group_by(ledger.c.user_id).subquery()
+    )
+    query = (
+        select(u.id, u.balance_nanos, func.coalesce(open_holds.c.held, 0), func.coalesce(sums.c.total, 0))
+        .outerjoin(open_holds, open_holds.c.user_id == u.id)
+        .outerjoin(sums, sums.c.user_id == u.id)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [Discrepancy(r[0], r[1], int(r[2]), int(r[3])) for r in rows if r[1] < 0 or r[1] + int(r[2]) != int(r[3])]
+
+
+async def stale_holds(engine: AsyncEngine, older_than: dt.timedelta) -> list[str]:
+    cutoff = dt.datetime.now(dt.UTC) - older_than
+    query = select(holds.c.id).where(holds.c.settled_at.is_(None), holds.c.created_at < cutoff)
+    async with engine.connect() as conn:
+        return list((await conn.execute(query)).scalars())
+
+
+async def count_open_holds(engine: AsyncEngine) -> int:
+    query = select(func.count()).select_from(holds).where(holds.c.settled_at.is_(None))
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+def _positive(usd: Decimal) -> int:
+    amount = money.usd_to_nanos(usd)
+    if amount <= 0:
+        raise money.MoneyError("the amount must be positive")
+    return amount

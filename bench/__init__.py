@@ -1,0 +1,1 @@
+"""Benchmarks: the gateway against a direct call to the same fake upstream (`python -m bench --help`)."""

@@ -1,0 +1,107 @@
+"""API keys on /v1: each way a key can be wrong is its own 401 code, and the key is never echoed back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from aipower.storage import db
+from aipower.storage import keys as key_store
+from tests.conftest import Gateway, create_key
+from tests.fakes.upstream import FakeUpstream
+
+CHAT = {"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "Hello"}]}
+
+
+def revoke(database_url: str, key_id: str) -> None:
+    async def run() -> None:
+        engine = db.make_engine(database_url)
+        try:
+            await key_store.revoke(engine, key_id)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def assert_refused(response: httpx.Response, code: str, secret: str | None = None) -> None:
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("authentication_error", code, None)
+    if secret:
+        assert secret not in response.text
+
+
+@pytest.mark.parametrize(
+    ("authorization", "code"),
+    [
+        (None, "missing_api_key"),
+        ("", "missing_api_key"),
+        ("Basic dXNlcjpwYXNz", "malformed_authorization"),
+        ("Bearer", "malformed_authorization"),
+        ("Bearer sk-proj-thisIsSomeoneElsesOpenAIKey", "malformed_api_key"),
+        ("Bearer sk-aipower-thisKeyWasNeverIssued0123456789", "invalid_api_key"),
+    ],
+    ids=["missing", "empty", "basic", "bearer-without-key", "foreign-key", "unknown-key"],
+)
+@pytest.mark.parametrize(("method", "path"), [("POST", "/chat/completions"), ("GET", "/models")])
+def test_bad_credentials_are_refused(
+    gateway: Gateway, upstream: FakeUpstream, authorization: str | None, code: str, method: str, path: str
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    with httpx.Client(base_url=gateway.base_url) as http:
+        response = http.request(method, path, headers=headers, json=CHAT if method == "POST" else None)
+
+    secret = (authorization or "").partition(" ")[2]
+    assert_refused(response, code, secret)
+    assert upstream.requests == []
+
+
+def test_revoked_key_is_refused(gateway: Gateway, upstream: FakeUpstream) -> None:
+    secret, key_id = create_key(gateway.database_url, "revoked@example.com")
+    with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {secret}"}) as http:
+        assert http.post("/chat/completions", json=CHAT).status_code == 200
+        revoke(gateway.database_url, key_id)
+        upstream.reset()
+
+        response = http.post("/chat/completions", json=CHAT)
+
+    assert_refused(response, "revoked_api_key", secret)
+    assert "revoked" in response.json()["error"]["message"]
+    assert upstream.requests == []
+
+
+def test_the_four_refusals_say_different_things(gateway: Gateway) -> None:
+    attempts = [
+        {},
+        {"Authorization": "Basic x"},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Bearer sk-aipower-x"},
+    ]
+    with httpx.Client(base_url=gateway.base_url) as http:
+        messages = {http.get("/models", headers=h).json()["error"]["message"] for h in attempts}
+
+    assert len(messages) == 4
+
+
+def test_health_needs_no_key(gateway: Gateway) -> None:
+    root = gateway.base_url.removesuffix("/v1")
+    with httpx.Client(base_url=root) as http:
+        response = http.get("/health")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v2/chat/completions", "/nothing-here"])
+def test_unknown_route_is_a_404_envelope(gateway: Gateway, path: str) -> None:
+    root = gateway.base_url.removesuffix("/v1")
+    with httpx.Client(base_url=root, headers={"Authorization": f"Bearer {gateway.api_key}"}) as http:
+        response = http.post(path, json=CHAT)
+
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "unknown_url", None)
+    assert path in error["message"]

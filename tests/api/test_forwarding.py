@@ -1,0 +1,130 @@
+"""What the upstream receives: its URL, the operator's key, its own model name, and the caller's fields intact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from tests.api.conftest import dedicated_client
+from tests.conftest import Gateway, provider_env
+from tests.fakes.upstream import FakeUpstream
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+# (catalog id, upstream path, upstream model name from catalog.toml)
+PROVIDERS = [
+    ("openai/gpt-4o-mini", "/openai/chat/completions", "gpt-4o-mini"),
+    ("deepseek/deepseek-chat", "/deepseek/chat/completions", "deepseek-chat"),
+    ("qwen/qwen-turbo", "/qwen/chat/completions", "qwen-turbo"),
+    ("zhipu/glm-4-flash", "/zhipu/chat/completions", "glm-4-flash"),
+    ("moonshot/kimi-k2.5", "/moonshot/chat/completions", "kimi-k2.5"),
+    ("doubao/doubao-pro-256k", "/doubao/chat/completions", "doubao-pro-256k"),
+]
+
+
+@pytest.mark.parametrize(("model", "path", "upstream_model"), PROVIDERS)
+def test_each_provider_gets_its_url_key_and_model_name(
+    client: openai.OpenAI, upstream: FakeUpstream, model: str, path: str, upstream_model: str
+) -> None:
+    reply = client.chat.completions.create(model=model, messages=HELLO)
+
+    provider = model.split("/")[0]
+    (sent,) = upstream.requests
+    assert (sent.method, sent.path) == ("POST", path)
+    assert sent.headers["authorization"] == f"Bearer sk-fake-{provider}-secret"
+    assert sent.json["model"] == upstream_model
+    assert sent.json["messages"] == HELLO
+    assert reply.model == model
+
+
+def test_minimax_gets_its_model_name_once_configured(
+    gateway: Gateway, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    with dedicated_client(gateway, upstream_url, provider_env=provider_env(upstream_url)) as configured:
+        reply = configured.chat.completions.create(model="minimax/minimax-text-01", messages=HELLO)
+
+    (sent,) = upstream.requests
+    assert sent.path == "/minimax/chat/completions"
+    assert sent.headers["authorization"] == "Bearer sk-fake-minimax-secret"
+    assert sent.json["model"] == "MiniMax-Text-01"
+    assert reply.model == "minimax/minimax-text-01"
+
+
+PASSED_THROUGH: dict[str, Any] = {
+    "temperature": 0.3,
+    "top_p": 0.9,
+    "stop": ["END", "STOP"],
+    "n": 2,
+    "seed": 42,
+    "presence_penalty": 0.5,
+    "frequency_penalty": -0.5,
+    "logprobs": True,
+    "top_logprobs": 3,
+    "logit_bias": {"50256": -100},
+    "user": "user-1234",
+    "parallel_tool_calls": False,
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "weather",
+            "strict": True,
+            "schema": {"type": "object", "properties": {"c": {"type": "number"}}, "required": ["c"]},
+        },
+    },
+}
+
+
+def test_request_fields_are_passed_through_unchanged(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    unknown = {"vendor_option": {"nested": [1, 2, 3]}}
+
+    client.chat.completions.create(model="deepseek/deepseek-chat", messages=HELLO, extra_body=unknown, **PASSED_THROUGH)
+
+    sent = upstream.last.json
+    assert {name: sent.get(name) for name in PASSED_THROUGH} == PASSED_THROUGH
+    assert sent["vendor_option"] == unknown["vendor_option"]
+
+
+@pytest.mark.parametrize(
+    ("model", "sent_field", "dropped_field"),
+    [
+        ("openai/gpt-4o-mini", "max_completion_tokens", "max_tokens"),
+        ("deepseek/deepseek-chat", "max_tokens", "max_completion_tokens"),
+        ("qwen/qwen-turbo", "max_tokens", "max_completion_tokens"),
+    ],
+)
+@pytest.mark.parametrize("caller_field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_uses_the_field_each_provider_expects(
+    client: openai.OpenAI, upstream: FakeUpstream, model: str, sent_field: str, dropped_field: str, caller_field: str
+) -> None:
+    client.chat.completions.create(model=model, messages=HELLO, **{caller_field: 50})
+
+    sent = upstream.last.json
+    assert sent[sent_field] == 50
+    assert dropped_field not in sent
+
+
+@pytest.mark.parametrize(("model", "role"), [("openai/gpt-4o-mini", "developer"), ("deepseek/deepseek-chat", "system")])
+def test_developer_role_becomes_system_where_unsupported(
+    client: openai.OpenAI, upstream: FakeUpstream, model: str, role: str
+) -> None:
+    client.chat.completions.create(
+        model=model, messages=[{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
+    )
+
+    assert upstream.last.json["messages"][0] == {"role": role, "content": "Be terse."}
+
+
+@pytest.mark.parametrize("caller_asks", [True, False])
+def test_streams_ask_the_upstream_for_usage(client: openai.OpenAI, upstream: FakeUpstream, caller_asks: bool) -> None:
+    options = {"stream_options": {"include_usage": True}} if caller_asks else {}
+
+    with client.chat.completions.create(model="qwen/qwen-turbo", messages=HELLO, stream=True, **options) as stream:
+        list(stream)
+
+    sent = upstream.last.json
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}

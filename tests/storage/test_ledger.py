@@ -1,0 +1,149 @@
+"""The ledger on both backends: no overspend under concurrency, settle exactly once, verify and repair."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aipower import catalog as catalog_file
+from aipower.errors import InsufficientCredit, PermissionDenied
+from aipower.gateway.protocols import Hold, HoldRequest, LogEntry, Settlement
+from aipower.storage import accounts, db, keys, ledger, users
+from aipower.storage.tables import holds
+
+RULES = catalog_file.load().billing
+USD = 1_000_000_000
+
+
+async def new_account(engine: AsyncEngine, usd: str | None = None, trial_calls: int = 0) -> tuple[int, str]:
+    user = await users.create(engine, f"ledger-{secrets.token_hex(4)}@example.com", trial_calls)
+    _, record = await keys.create(engine, user.id, "k")
+    if usd is not None:
+        await accounts.grant(engine, user.id, Decimal(usd), "test")
+    return user.id, record.id
+
+
+def hold_request(user_id: int, key_id: str, amount: int, trial: bool = False, unlock: int | None = None) -> HoldRequest:
+    return HoldRequest(user_id, key_id, "req-" + secrets.token_hex(4), amount, trial, unlock)
+
+
+def settlement(hold: Hold, charge: int, succeeded: bool = True) -> Settlement:
+    entry = LogEntry("req-" + secrets.token_hex(4), hold.key_id, hold.user_id, "deepseek/deepseek-chat", "deepseek",
+                     False, 200, None, 10, 10, 0, 0, 5, 1, dt.datetime.now(dt.UTC))  # fmt: skip
+    return Settlement(hold, charge, succeeded, entry)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncEngine:
+    engine = db.make_engine(database_url)
+    yield engine  # type: ignore[misc]
+    await engine.dispose()
+
+
+async def test_parallel_reserves_never_overspend(database_url: str) -> None:
+    engines = [db.make_engine(database_url) for _ in range(2)]  # two pools, like two processes
+    try:
+        user_id, key_id = await new_account(engines[0], "1")
+        amount = USD // 7  # 7 fit, with a remainder
+
+        async def attempt(i: int) -> bool:
+            try:
+                await ledger.SqlLedger(engines[i % 2]).reserve(hold_request(user_id, key_id, amount))
+            except InsufficientCredit:
+                return False
+            return True
+
+        admitted = await asyncio.gather(*(attempt(i) for i in range(60)))
+        assert sum(admitted) == 7
+        balance = await accounts.balance(engines[0], user_id)
+        assert balance.balance_nanos == USD - 7 * amount >= 0
+        assert await accounts.verify(engines[0]) == []
+    finally:
+        for e in engines:
+            await e.dispose()
+
+
+async def test_settle_charges_once_and_releases_the_rest(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine)
+    hold = await book.reserve(hold_request(user_id, key_id, 1000))
+    assert await book.settle(settlement(hold, 300)) == 300
+    assert await book.settle(settlement(hold, 300)) == 0  # a second settle is a no-op
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos) == (USD - 300, 0)
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_charge_above_the_hold_takes_only_what_the_balance_has(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "0.000001")  # 1000 nanos
+    book = ledger.SqlLedger(engine)
+    hold = await book.reserve(hold_request(user_id, key_id, 600))
+    assert await book.settle(settlement(hold, 5000)) == 1000  # 600 held + the 400 left; the rest is written off
+    assert (await accounts.balance(engine, user_id)).balance_nanos == 0
+    assert await accounts.verify(engine) == []
+
+
+async def test_trial_calls_are_used_first_and_refunded_when_the_call_fails(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, None, trial_calls=1)
+    book = ledger.SqlLedger(engine)
+    hold = await book.reserve(hold_request(user_id, key_id, 1000, trial=True))
+    assert hold.mode == "trial" and hold.amount == 0
+    assert await book.settle(settlement(hold, 0, succeeded=False)) == 0
+    assert (await accounts.balance(engine, user_id)).trial_calls_left == 1
+    hold = await book.reserve(hold_request(user_id, key_id, 1000, trial=True))
+    await book.settle(settlement(hold, 5000))
+    assert (await accounts.balance(engine, user_id)).trial_calls_left == 0
+    with pytest.raises(InsufficientCredit):
+        await book.reserve(hold_request(user_id, key_id, 1000, trial=True))
+
+
+async def test_premium_needs_lifetime_topups(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "100")  # a grant does not unlock
+    book = ledger.SqlLedger(engine)
+    with pytest.raises(PermissionDenied):
+        await book.reserve(hold_request(user_id, key_id, 10, unlock=5 * USD))
+    await accounts.top_up(engine, user_id, Decimal(5), RULES, None)
+    await book.reserve(hold_request(user_id, key_id, 10, unlock=5 * USD))
+
+
+async def test_topup_bonuses_are_ledger_rows(engine: AsyncEngine) -> None:
+    user_id, _ = await new_account(engine)
+    assert await accounts.top_up(engine, user_id, Decimal(100), RULES, None) == 100 * USD + USD + 20 * USD
+    assert await accounts.top_up(engine, user_id, Decimal(5), RULES, None) == 5 * USD  # no second first-bonus
+    balance = await accounts.balance(engine, user_id)
+    assert balance.lifetime_topup_nanos == 105 * USD
+    assert await accounts.verify(engine) == []
+
+
+async def test_repair_releases_abandoned_holds_without_charging(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1")
+    hold = await ledger.SqlLedger(engine).reserve(hold_request(user_id, key_id, 2000))
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    async with engine.begin() as conn:
+        await conn.execute(update(holds).where(holds.c.id == hold.id).values(created_at=old))
+    assert await accounts.verify(engine) == []  # an open hold is accounted for
+    stale = await accounts.stale_holds(engine, dt.timedelta(hours=1))
+    assert hold.id in stale
+    assert await ledger.release(engine, hold.id) is True
+    assert await ledger.release(engine, hold.id) is False
+    assert (await accounts.balance(engine, user_id)).balance_nanos == USD
+    assert await ledger.SqlLedger(engine).settle(settlement(hold, 100)) == 0  # the late settle charges nothing
+    assert await accounts.verify(engine) == []
+
+
+async def test_verify_finds_a_tampered_balance(engine: AsyncEngine) -> None:
+    user_id, _ = await new_account(engine, "1")
+    from aipower.storage.tables import users as users_table
+
+    async with engine.begin() as conn:
+        await conn.execute(update(users_table).where(users_table.c.id == user_id).values(balance_nanos=USD + 1))
+    problems = await accounts.verify(engine)
+    assert [p.user_id for p in problems] == [user_id]
+    async with engine.begin() as conn:
+        await conn.execute(update(users_table).where(users_table.c.id == user_id).values(balance_nanos=USD))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aipower import catalog as catalog_file
+from aipower.money import format_usd
 from tests.cli.conftest import Invoke
 
 # A few rows written out by hand, so the test does not only restate the code's own formatting.
@@ -29,6 +30,8 @@ def test_models_lists_all_16_with_prices(invoke: Invoke) -> None:
     for model in catalog.models.values():
         assert model.id in table, f"{model.id} missing from `aipower models`"
         assert model.name in result.stdout
+        prices = f" {format_usd(model.price.input)} {format_usd(model.price.output)} "
+        assert prices in " ".join(table[model.id]) + " ", model.id
     for model_id, (price_in, price_out) in KNOWN_PRICES.items():
         line = " ".join(table[model_id])
         assert f" {price_in} {price_out} " in line, line

@@ -6,29 +6,35 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from aipower import catalog as catalog_file
 from aipower.api import gateway_error, http_error, routes, server_error
-from aipower.api.auth import Authenticator
+from aipower.api.auth import Authenticator, AuthGuard
+from aipower.api.client_ip import parse_networks
 from aipower.api.context import ApiContext
 from aipower.api.models import ModelList
 from aipower.errors import GatewayError
+from aipower.gateway.admission import Admission, LimitPolicy
 from aipower.gateway.deployments import resolve
-from aipower.gateway.routing import Deployments
+from aipower.gateway.health import BreakerRules, MemoryHealthStore
+from aipower.gateway.limits import LocalLimiter, RateLimiter
+from aipower.gateway.routing import Deployments, Router
 from aipower.gateway.service import Gateway
 from aipower.money import usd_to_nanos
 from aipower.providers import WIRE_FORMATS
 from aipower.providers.client import ProviderClient
 from aipower.providers.transport import Timeouts, Transport
 from aipower.settings import Settings, from_environ
-from aipower.storage import db
+from aipower.storage import db, keys, redis_limits
 from aipower.storage.keys import SqlKeyStore
 from aipower.storage.ledger import SqlLedger
 from aipower.storage.reports import SqlAccountReader
 from aipower.storage.request_log import BufferedRequestLog
+from aipower.storage.responses import SqlResponseStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,8 @@ class Services:
     transport: Transport
     request_log: BufferedRequestLog
     deployments: Deployments
+    redis: Redis | None
+    demo_key: str
 
 
 def build_deployments(settings: Settings) -> Deployments:
@@ -52,9 +60,23 @@ def create_app(settings: Settings) -> Starlette:
     timeouts = Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.stream_idle_timeout)
     transport = Transport(timeouts, settings.upstream_max_connections)
     request_log = BufferedRequestLog(engine)
-    services = Services(engine, transport, request_log, deployments)
+    redis = redis_limits.connect(settings.redis_url) if settings.redis_url else None
+    services = Services(engine, transport, request_log, deployments, redis, settings.demo_key)
+    limiter = _limiter(settings, redis)
     upstream = ProviderClient(deployments.catalog, transport)
-    gateway = Gateway(deployments, upstream, request_log, SqlLedger(engine), deployments.catalog.billing)
+    router = _router(settings, deployments)
+    gateway = Gateway(
+        deployments,
+        upstream,
+        request_log,
+        SqlLedger(engine),
+        deployments.catalog.billing,
+        admission=Admission(limiter, _limit_policy(settings)),
+        router=router,
+    )
+    guard = AuthGuard(
+        limiter, settings.auth_failures_per_minute, settings.demo_key, parse_networks(settings.trusted_proxies)
+    )
     available = {model_id: True for model_id in deployments.targets}
 
     async def database_ok() -> bool:
@@ -67,15 +89,44 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.api = ApiContext(
         gateway=gateway,
-        auth=Authenticator(SqlKeyStore(engine), settings.key_cache_seconds),
+        auth=Authenticator(SqlKeyStore(engine), settings.key_cache_seconds, guard),
         models=ModelList(deployments.catalog, available),
         accounts=SqlAccountReader(engine),
         unlock_nanos=usd_to_nanos(deployments.catalog.billing.unlock_topup_usd),
         max_body_bytes=settings.max_body_bytes,
         database_ok=database_ok,
+        responses=SqlResponseStore(engine),
+        router=router,
+        operator_key_ids=frozenset(settings.operator_key_ids),
     )
     app.state.services = services
     return app
+
+
+def _limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
+    """Redis-backed limits shared by every replica when configured; this process's own counters otherwise."""
+    if redis is None:
+        return LocalLimiter()
+    return redis_limits.FallbackLimiter(
+        redis_limits.RedisLimiter(redis, settings.redis_prefix), settings.redis_failure_policy
+    )
+
+
+def _router(settings: Settings, deployments: Deployments) -> Router:
+    # Breakers live in this process; with several workers each keeps its own (a Redis HealthStore would share them).
+    health = MemoryHealthStore(BreakerRules(settings.breaker_failures, settings.breaker_cooldown))
+    return Router(deployments, health, budget=settings.failover_budget)
+
+
+def _limit_policy(settings: Settings) -> LimitPolicy:
+    return LimitPolicy(
+        window_seconds=settings.rate_window_seconds,
+        rpm=settings.default_rpm,
+        tpm=settings.default_tpm,
+        max_concurrent=settings.max_concurrent_per_key,
+        demo_models=frozenset(settings.demo_models),
+        demo_daily_calls=settings.demo_daily_calls,
+    )
 
 
 def _lifespan(services: Services) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
@@ -83,12 +134,16 @@ def _lifespan(services: Services) -> Callable[[Starlette], contextlib.AbstractAs
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await services.transport.start()
         await services.request_log.start()
+        if services.demo_key:
+            await keys.ensure_demo_key(services.engine, services.demo_key)
         try:
             yield
         finally:
             await services.request_log.close()
             await services.transport.close()
             await services.engine.dispose()
+            if services.redis is not None:
+                await services.redis.aclose()
 
     return lifespan
 

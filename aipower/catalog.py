@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from aipower.money import Price
 
 Capability = Literal["text", "vision", "tools", "json", "reasoning", "code"]
+RouteStrategy = Literal["cheapest", "ordered", "free", "ranked", "fastest", "classify"]
 SMART_PREFIX = "auto"
 
 
@@ -27,12 +28,29 @@ class CatalogError(ValueError):
     """The catalog files are invalid; the message names the file or key."""
 
 
+# How `reasoning_effort` reaches an OpenAI-compatible upstream (docs/providers/openai-compatible.md):
+# passthrough as is; unsupported (only "none", which is not sent); always (the model always reasons: anything
+# but "none", not sent); enable_thinking + thinking_budget (Qwen); thinking = {"type": enabled|disabled}.
+ReasoningKnob = Literal["passthrough", "unsupported", "always", "enable_thinking", "thinking_type"]
+ToolChoiceKind = Literal["auto", "none", "required", "function"]
+
+
 @dataclass(frozen=True, slots=True)
 class Quirks:
+    """How an OpenAI-compatible provider, or one model of it, departs from OpenAI. Resolved once, at load."""
+
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-    drop: frozenset[str] = frozenset()
+    drop: frozenset[str] = frozenset()  # accepted from callers, not sent (each one's reason is in the docs)
+    reject: frozenset[str] = frozenset()  # 400 naming the field, unless its value asks for nothing
+    rename: tuple[tuple[str, str], ...] = ()  # (OpenAI name, upstream name), e.g. Zhipu's user -> user_id
     stream_usage: bool = True  # upstream accepts stream_options.include_usage
     developer_role: bool = False  # upstream accepts role "developer" (else sent as "system")
+    max_n: int = 128  # choices per request; n above it is a 400
+    tool_choice: frozenset[ToolChoiceKind] = frozenset(("auto", "none", "required", "function"))
+    json_schema: bool = True  # upstream honours response_format json_schema (else a 400)
+    reasoning: ReasoningKnob = "passthrough"
+    thinking_budgets: tuple[tuple[str, int], ...] = ()  # enable_thinking: reasoning_effort -> thinking_budget
+    think_tags: bool = False  # reasoning arrives inline, as <think>...</think> opening the content
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +65,26 @@ class ProviderSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    """One place a catalog model is served: a provider, its name for the model, a key, a share of traffic."""
+
+    id: str  # "<model id>@<provider>" unless the catalog names it
+    provider: str
+    upstream: str
+    weight: int = 1
+    key_env: tuple[str, ...] = ()  # empty: the provider's key variables
+    base_url_env: str | None = None  # None: the provider's <ID>_BASE_URL
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPrior:
+    """What auto-fast assumes before real traffic has been measured."""
+
+    ttft_ms: int
+    tokens_per_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     id: str
     name: str
@@ -58,14 +96,31 @@ class ModelSpec:
     capabilities: frozenset[str]
     free: bool
     created: int
+    deployments: tuple[DeploymentSpec, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    ranks: tuple[tuple[str, int], ...] = ()  # (task, score 0-100) for auto-best / auto-code
+    latency: LatencyPrior | None = None
+    # (provider id, this model's quirks there) for every provider serving it: provider quirks + the model's own.
+    quirks: tuple[tuple[str, Quirks], ...] = ()
+
+    def quirks_at(self, provider: ProviderSpec) -> Quirks:
+        """This model's quirks at `provider` (precomputed at load; the provider's own if never resolved)."""
+        return next((q for pid, q in self.quirks if pid == provider.id), provider.quirks)
+
+    def rank(self, task: str) -> int | None:
+        return next((score for name, score in self.ranks if name == task), None)
 
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
     id: str
-    strategy: Literal["cheapest", "ordered"]
+    strategy: RouteStrategy
     candidates: tuple[str, ...]
     description: str
+    task: str | None = None  # ranked: the rank that orders candidates
+    max_price: Decimal | None = None  # free: USD per 1M tokens, input and output
+    classes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # classify: prompt class -> preferred models
+    limit: int = 3  # how many models a plan keeps (the hold covers the dearest of them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +131,8 @@ class Target:
     provider: ProviderSpec
     base_url: str
     api_key: str = field(repr=False)
+    deployment: str = ""  # the DeploymentSpec id: what the circuit breaker and latency stats are kept by
+    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +159,34 @@ class Catalog:
 
 
 class _QuirksFile(BaseModel):
+    """A provider's or a model's `quirks`; unset keys inherit (provider from the defaults, model from its provider)."""
+
     model_config = ConfigDict(extra="forbid")
-    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-    drop: list[str] = []
-    stream_usage: bool = True
-    developer_role: bool = False
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    drop: list[str] | None = None  # a model's drop and reject lists add to its provider's
+    reject: list[str] | None = None
+    rename: dict[str, str] | None = None
+    stream_usage: bool | None = None
+    developer_role: bool | None = None
+    max_n: int | None = Field(default=None, ge=1)
+    tool_choice: list[ToolChoiceKind] | None = None
+    json_schema: bool | None = None
+    reasoning: ReasoningKnob | None = None
+    thinking_budgets: dict[str, Annotated[int, Field(gt=0)]] | None = None
+    think_tags: bool | None = None
+
+    def over(self, base: Quirks) -> Quirks:
+        """These quirks merged over `base`: a model's over its provider's."""
+        changes: dict[str, Any] = {k: v for k, v in self.model_dump(exclude_none=True).items()}
+        for key in ("drop", "reject"):
+            if key in changes:
+                changes[key] = getattr(base, key) | frozenset(changes[key])
+        if "tool_choice" in changes:
+            changes["tool_choice"] = frozenset(changes["tool_choice"])
+        for key in ("rename", "thinking_budgets"):
+            if key in changes:
+                changes[key] = tuple(sorted(changes[key].items()))
+        return replace(base, **changes)
 
 
 class _ProviderFile(BaseModel):
@@ -133,6 +213,22 @@ class _PriceFile(BaseModel):
     output: _Usd
 
 
+class _DeploymentFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    provider: str | None = None
+    upstream: str | None = None
+    weight: int = Field(default=1, ge=0)
+    key_env: list[str] = []
+    base_url_env: str | None = None
+
+
+class _LatencyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttft_ms: int = Field(gt=0)
+    tokens_per_s: int = Field(gt=0)
+
+
 class _ModelFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -144,13 +240,22 @@ class _ModelFile(BaseModel):
     capabilities: list[Capability] = []
     free: bool = False
     released: dt.date
+    deployments: list[_DeploymentFile] = []
+    fallbacks: list[str] = []
+    ranks: dict[str, Annotated[int, Field(ge=0, le=100)]] = {}
+    latency: _LatencyFile | None = None
+    quirks: _QuirksFile | None = None  # merged over each serving provider's quirks
 
 
 class _RouteFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    strategy: Literal["cheapest", "ordered"]
+    strategy: RouteStrategy
     candidates: list[str] = Field(min_length=1)
     description: str
+    task: str | None = None
+    max_price: _Usd | None = None
+    classes: dict[str, list[str]] = {}
+    limit: int = Field(default=3, ge=1)
 
 
 class _FirstBonusFile(BaseModel):
@@ -228,11 +333,36 @@ def _build(parsed: _CatalogFile) -> Catalog:
             raise CatalogError(f"catalog: models.{model.id}.provider: unknown provider {model.provider!r}")
         if model.id.startswith(SMART_PREFIX):
             raise CatalogError(f"catalog: models.{model.id}: ids starting with 'auto' are reserved for routes")
+    for model in models.values():
+        _check_model_links(model, models, providers)
+    models = {mid: _with_quirks(model, parsed.models[mid].quirks, providers) for mid, model in models.items()}
     for route in routes.values():
         unknown = [c for c in route.candidates if c not in models]
         if unknown:
             raise CatalogError(f"catalog: routes.{route.id}.candidates: unknown models {unknown}")
+        for name, listed in route.classes:
+            unknown = [c for c in listed if c not in models]
+            if unknown:
+                raise CatalogError(f"catalog: routes.{route.id}.classes.{name}: unknown models {unknown}")
     return Catalog(providers=providers, models=models, routes=routes, billing=_billing(parsed.billing))
+
+
+def _check_model_links(model: ModelSpec, models: Mapping[str, ModelSpec], providers: Mapping[str, object]) -> None:
+    unknown = [f for f in model.fallbacks if f not in models]
+    if unknown:
+        raise CatalogError(f"catalog: models.{model.id}.fallbacks: unknown models {unknown}")
+    for d in model.deployments:
+        if d.provider not in providers:
+            raise CatalogError(f"catalog: models.{model.id}.deployments: unknown provider {d.provider!r}")
+    ids = [d.id for d in model.deployments]
+    if len(set(ids)) != len(ids):
+        raise CatalogError(f"catalog: models.{model.id}.deployments: ids must be unique (give each an id)")
+
+
+def _with_quirks(model: ModelSpec, own: _QuirksFile | None, providers: Mapping[str, ProviderSpec]) -> ModelSpec:
+    serving = dict.fromkeys([model.provider, *(d.provider for d in model.deployments)])
+    quirks = tuple((pid, own.over(providers[pid].quirks) if own else providers[pid].quirks) for pid in serving)
+    return replace(model, quirks=quirks)
 
 
 def _billing(b: _BillingFile) -> BillingRules:
@@ -249,12 +379,7 @@ def _billing(b: _BillingFile) -> BillingRules:
 def _provider(pid: str, p: _ProviderFile) -> ProviderSpec:
     upper = pid.upper().replace("-", "_")
     key_env = tuple(dict.fromkeys([f"{upper}_API_KEY", *p.key_env]))
-    quirks = Quirks(
-        max_tokens_field=p.quirks.max_tokens_field,
-        drop=frozenset(p.quirks.drop),
-        stream_usage=p.quirks.stream_usage,
-        developer_role=p.quirks.developer_role,
-    )
+    quirks = p.quirks.over(Quirks())
     return ProviderSpec(
         id=pid,
         name=p.name,
@@ -279,10 +404,42 @@ def _model(mid: str, m: _ModelFile) -> ModelSpec:
         capabilities=frozenset(m.capabilities),
         free=m.free,
         created=created,
+        deployments=_deployments(mid, m),
+        fallbacks=tuple(m.fallbacks),
+        ranks=tuple(sorted(m.ranks.items())),
+        latency=LatencyPrior(m.latency.ttft_ms, m.latency.tokens_per_s) if m.latency else None,
+    )
+
+
+def _deployments(mid: str, m: _ModelFile) -> tuple[DeploymentSpec, ...]:
+    """The model's deployments; none listed means one: its provider, its upstream name, weight 1."""
+    listed = m.deployments or [_DeploymentFile()]
+    return tuple(
+        DeploymentSpec(
+            id=d.id or f"{mid}@{d.provider or m.provider}",
+            provider=d.provider or m.provider,
+            upstream=d.upstream or m.upstream,
+            weight=d.weight,
+            key_env=tuple(d.key_env),
+            base_url_env=d.base_url_env,
+        )
+        for d in listed
     )
 
 
 def _route(rid: str, r: _RouteFile) -> RouteSpec:
     if not rid.startswith(SMART_PREFIX):
         raise CatalogError(f"catalog: routes.{rid}: route ids start with 'auto'")
-    return RouteSpec(id=rid, strategy=r.strategy, candidates=tuple(r.candidates), description=r.description)
+    needs = {"ranked": ("task", r.task), "free": ("max_price", r.max_price), "classify": ("classes", r.classes)}
+    if r.strategy in needs and not needs[r.strategy][1]:
+        raise CatalogError(f"catalog: routes.{rid}.{needs[r.strategy][0]}: required by strategy {r.strategy!r}")
+    return RouteSpec(
+        id=rid,
+        strategy=r.strategy,
+        candidates=tuple(r.candidates),
+        description=r.description,
+        task=r.task,
+        max_price=r.max_price,
+        classes=tuple((name, tuple(listed)) for name, listed in r.classes.items()),
+        limit=r.limit,
+    )

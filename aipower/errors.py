@@ -17,6 +17,8 @@ Kernel layer. Tree:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class GatewayError(Exception):
     """Base of every error rendered to a caller; fields map 1:1 onto the OpenAI error envelope."""
@@ -38,6 +40,7 @@ class GatewayError(Exception):
         self.code = code if code is not None else self.default_code
         self.param = param
         self.retry_after = retry_after
+        self.headers: Mapping[str, str] = {}  # extra response headers (e.g. x-ratelimit-*)
 
     def envelope(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

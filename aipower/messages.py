@@ -85,6 +85,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     user: str | None = None
+    fallback_models: tuple[str, ...] = ()  # the body's `models` (OpenRouter's): tried in order after `model`
     # OpenAI fields we don't interpret: forwarded verbatim to openai-wire upstreams.
     extra: Mapping[str, Any] = field(default_factory=dict)
 

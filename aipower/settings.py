@@ -27,6 +27,22 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     key_cache_seconds: float = 5.0
     stale_hold_seconds: int = 3600
+    redis_url: str = ""
+    redis_prefix: str = "aipower:"
+    redis_failure_policy: str = "open"  # open: fall back to in-process limits; closed: answer 503
+    rate_window_seconds: int = 60
+    default_rpm: int = 600
+    default_tpm: int = 1_000_000
+    max_concurrent_per_key: int = 64
+    demo_key: str = "sk-aipower-demo-public"
+    demo_models: tuple[str, ...] = ("deepseek/deepseek-chat", "qwen/qwen-turbo", "zhipu/glm-4-flash")
+    demo_daily_calls: int = 5
+    trusted_proxies: tuple[str, ...] = ()
+    auth_failures_per_minute: int = 20
+    failover_budget: float = 30.0  # seconds after which no further failover attempt starts
+    breaker_failures: int = 5  # consecutive retryable failures that open a deployment's circuit breaker
+    breaker_cooldown: float = 30.0  # seconds an open breaker waits before letting one probe through
+    operator_key_ids: tuple[str, ...] = ()  # key ids allowed to read operator routes (/v1/providers/health)
     log_level: str = "info"
     # Provider credentials and endpoints: every <X>_API_KEY and <X>_BASE_URL variable, resolved
     # against the catalog's key_env / base_url_env names. Never logged.
@@ -50,8 +66,27 @@ ENV: Mapping[str, str] = {
     "max_body_bytes": "AIPOWER_MAX_BODY_BYTES",
     "key_cache_seconds": "AIPOWER_KEY_CACHE_SECONDS",
     "stale_hold_seconds": "AIPOWER_STALE_HOLD_SECONDS",
+    "redis_url": "AIPOWER_REDIS_URL",
+    "redis_prefix": "AIPOWER_REDIS_PREFIX",
+    "redis_failure_policy": "AIPOWER_REDIS_FAILURE_POLICY",
+    "rate_window_seconds": "AIPOWER_RATE_WINDOW_SECONDS",
+    "default_rpm": "AIPOWER_DEFAULT_RPM",
+    "default_tpm": "AIPOWER_DEFAULT_TPM",
+    "max_concurrent_per_key": "AIPOWER_MAX_CONCURRENT_PER_KEY",
+    "demo_key": "AIPOWER_DEMO_KEY",
+    "demo_models": "AIPOWER_DEMO_MODELS",
+    "demo_daily_calls": "AIPOWER_DEMO_DAILY_CALLS",
+    "trusted_proxies": "AIPOWER_TRUSTED_PROXIES",
+    "auth_failures_per_minute": "AIPOWER_AUTH_FAILURES_PER_MINUTE",
+    "failover_budget": "AIPOWER_FAILOVER_BUDGET",
+    "breaker_failures": "AIPOWER_BREAKER_FAILURES",
+    "breaker_cooldown": "AIPOWER_BREAKER_COOLDOWN",
+    "operator_key_ids": "AIPOWER_OPERATOR_KEY_IDS",
     "log_level": "AIPOWER_LOG_LEVEL",
 }
+
+
+_EMPTY_ALLOWED = frozenset({"demo_key"})  # AIPOWER_DEMO_KEY= (empty) disables the demo key
 
 
 class SettingsError(ValueError):
@@ -65,7 +100,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
     types = {f.name: f.type for f in fields(Settings)}
     for name, var in ENV.items():
         raw = env.get(var)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and name not in _EMPTY_ALLOWED):
             continue
         values[name] = _convert(var, raw, str(types[name]))
     values["provider_env"] = {k: v for k, v in env.items() if (k.endswith("_API_KEY") or k.endswith("_BASE_URL")) and v}
@@ -76,7 +111,11 @@ def export(settings: Settings) -> None:
     """Write the settings back to this process's environment, for worker processes that re-read it."""
     for name, var in ENV.items():
         value = getattr(settings, name)
-        os.environ[var] = os.pathsep.join(str(p) for p in value) if isinstance(value, tuple) else str(value)
+        if isinstance(value, tuple):
+            separator = os.pathsep if name == "catalog_paths" else ","
+            os.environ[var] = separator.join(str(p) for p in value)
+        else:
+            os.environ[var] = str(value)
 
 
 def _convert(var: str, raw: str, type_name: str) -> Any:
@@ -89,4 +128,6 @@ def _convert(var: str, raw: str, type_name: str) -> Any:
         raise SettingsError(f"{var}={raw!r}: expected a number") from exc
     if type_name.startswith("tuple[Path"):
         return tuple(Path(p) for p in raw.split(os.pathsep) if p)
+    if type_name.startswith("tuple[str"):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     return raw

@@ -56,6 +56,7 @@ class Config:
     gateway_key: str | None
     gateway_pid: int | None
     gateway_model: str
+    gateway_env: tuple[tuple[str, str], ...]
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
@@ -69,7 +70,12 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument("--gateway-key", help="API key for --gateway-url")
     parser.add_argument("--gateway-pid", type=int, help="pid of --gateway-url's server [the port's listener]")
     parser.add_argument("--gateway-model", default=GATEWAY_MODEL, help=f"model id via the gateway [{GATEWAY_MODEL}]")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for aipower serve"
+    )
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.env):
+        parser.error("--env takes NAME=VALUE")
     if args.gateway_url and not args.gateway_key:
         parser.error("--gateway-url needs --gateway-key")
     if args.concurrency < 1 or args.rounds < 1 or args.duration <= 0:
@@ -85,6 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         gateway_key=args.gateway_key,
         gateway_pid=args.gateway_pid,
         gateway_model=args.gateway_model,
+        gateway_env=tuple((name, value) for name, _, value in (item.partition("=") for item in args.env)),
     )
 
 
@@ -140,7 +147,7 @@ def start_gateway(stack: contextlib.ExitStack, config: Config, cpus: frozenset[i
         assert config.gateway_key is not None
         return servers.external_gateway(config.gateway_url, config.gateway_key, config.gateway_pid)
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aipower-bench-")))
-    return servers.start_aipower(stack, cpus, workdir, upstream)
+    return servers.start_aipower(stack, cpus, workdir, upstream, dict(config.gateway_env))
 
 
 def execute(config: Config) -> dict[str, Any]:

@@ -75,10 +75,12 @@ def _cli(*args: str, env: dict[str, str], cwd: Path, optional: bool = False) -> 
     return done.stdout
 
 
-def start_aipower(stack: contextlib.ExitStack, cpus: frozenset[int], workdir: Path, upstream_port: int) -> Gateway:
+def start_aipower(
+    stack: contextlib.ExitStack, cpus: frozenset[int], workdir: Path, upstream_port: int, extra_env: dict[str, str]
+) -> Gateway:
     """`aipower serve` with one worker on a fresh SQLite database, plus a user and a key made with the CLI."""
     port = procs.free_port()
-    env = _gateway_env(workdir, port, upstream_port)
+    env = _gateway_env(workdir, port, upstream_port) | extra_env
     _cli("users", "create", BENCH_EMAIL, env=env, cwd=workdir)
     key = _cli("keys", "create", BENCH_EMAIL, env=env, cwd=workdir).strip().splitlines()[-1]
     # Prepaid billing refuses a zero balance (402): top the bench user up, where the CLI has the command.

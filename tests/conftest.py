@@ -70,6 +70,14 @@ def make_settings(database_url: str, upstream_url: str, **overrides: object) -> 
         first_byte_timeout=5,
         stream_idle_timeout=5,
         max_body_bytes=1024 * 1024,
+        # The shared gateway serves hundreds of calls a minute from one key and one address: limits are off
+        # unless a test turns them on (tests/api/test_rate_limits.py).
+        default_rpm=0,
+        default_tpm=0,
+        auth_failures_per_minute=0,
+        # Many tests script upstream failures on the shared gateway: its breakers must not open between tests
+        # (tests/api/test_failover.py builds gateways with real thresholds).
+        breaker_failures=1_000_000,
         provider_env=provider_env(upstream_url, skip=frozenset({"minimax"})),
     )
     return base.with_overrides(**overrides)

@@ -23,7 +23,14 @@ def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
     """Run `app` until the block ends; yields its base URL."""
     port = port or free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio", http="h11"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        http="h11",
+        proxy_headers=False,  # as `aipower serve` runs: the app reads X-Forwarded-For itself
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -13,6 +13,8 @@ from starlette.routing import Route
 from aipower.api.billing import get_balance, get_generation, get_usage
 from aipower.api.chat import chat_completions
 from aipower.api.models import get_model, list_models
+from aipower.api.providers_health import providers_health
+from aipower.api.responses import routes as response_routes
 from aipower.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,9 @@ def routes() -> list[Route]:
     return [
         Route("/health", health, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        *response_routes(),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/providers/health", providers_health, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/v1/balance", get_balance, methods=["GET"]),
         Route("/v1/usage", get_usage, methods=["GET"]),
@@ -37,7 +41,9 @@ async def health(request: Request) -> Response:
 
 
 def render_error(error: GatewayError) -> Response:
-    headers = {"retry-after": str(error.retry_after)} if error.retry_after is not None else None
+    headers = dict(error.headers)
+    if error.retry_after is not None:
+        headers["retry-after"] = str(error.retry_after)
     return Response(orjson.dumps(error.envelope()), error.status, headers, media_type="application/json")
 
 

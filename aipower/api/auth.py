@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
-from aipower.errors import AuthenticationFailed
+from starlette.requests import Request
+
+from aipower.api.client_ip import Network, client_ip
+from aipower.errors import AuthenticationFailed, RateLimited
 from aipower.gateway import keys as key_format
+from aipower.gateway.limits import RateLimiter
 from aipower.gateway.protocols import Caller, KeyStore
 
 _MAX_CACHED = 10_000
 
 
 class Authenticator:
-    """Resolves API keys. Found keys are cached for `ttl` seconds, so a revocation takes effect within ttl."""
+    """Resolves API keys. Found keys are cached for `ttl` seconds, so a revocation takes effect within ttl.
 
-    def __init__(self, store: KeyStore, ttl: float) -> None:
+    Failed attempts are counted per client IP; past `failures_per_minute` that IP gets 429 for the rest of
+    the minute, whatever key it sends, which makes guessing keys slow.
+    """
+
+    def __init__(self, store: KeyStore, ttl: float, guard: AuthGuard) -> None:
         self._store = store
         self._ttl = ttl
+        self._guard = guard
         self._cache: dict[str, tuple[Caller, float]] = {}
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Caller:
+    async def caller(self, request: Request) -> Caller:
+        """The caller of an HTTP request, with its client IP resolved through the trusted proxies."""
+        peer = request.client.host if request.client else None
+        ip = client_ip(peer, request.headers.get("x-forwarded-for"), self._guard.trusted)
+        return await self._authenticate(request.headers, ip)
+
+    async def _authenticate(self, headers: Mapping[str, str], client_ip: str | None) -> Caller:
+        await self._guard.check(client_ip)
+        try:
+            caller = await self._resolve(headers)
+        except AuthenticationFailed:
+            await self._guard.failed(client_ip)
+            raise
+        if caller.is_demo or client_ip is not None:
+            caller = replace(caller, client_ip=client_ip)
+        return caller
+
+    async def _resolve(self, headers: Mapping[str, str]) -> Caller:
         key = _bearer(headers.get("authorization"))
         digest = key_format.digest(key)
         now = time.monotonic()
@@ -35,7 +63,7 @@ class Authenticator:
                     "(`aipower keys create EMAIL`).",
                     code="invalid_api_key",
                 )
-            caller = found
+            caller = replace(found, is_demo=digest == self._guard.demo_digest)
             self._remember(digest, caller, now)
         if caller.revoked:
             raise AuthenticationFailed(
@@ -50,6 +78,34 @@ class Authenticator:
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         self._cache[digest] = (caller, now + self._ttl)
+
+
+class AuthGuard:
+    """Counts failed authentications per client IP (through the shared RateLimiter)."""
+
+    def __init__(
+        self, limiter: RateLimiter, failures_per_minute: int, demo_key: str, trusted: Sequence[Network] = ()
+    ) -> None:
+        self._limiter = limiter
+        self._limit = failures_per_minute
+        self.trusted = tuple(trusted)
+        self.demo_digest = key_format.digest(demo_key) if demo_key else None
+
+    async def check(self, client_ip: str | None) -> None:
+        if not self._limit or client_ip is None:
+            return
+        window = await self._limiter.hit(f"authfail:{client_ip}", self._limit, 60, cost=0)
+        if window.used >= self._limit:
+            error = RateLimited(
+                "Too many failed authentication attempts from your address. Wait for the reset and check your key.",
+                code="too_many_failed_authentications",
+                retry_after=max(1, math.ceil(window.reset_seconds)),
+            )
+            raise error
+
+    async def failed(self, client_ip: str | None) -> None:
+        if self._limit and client_ip is not None:
+            await self._limiter.add(f"authfail:{client_ip}", 60, 1)
 
 
 def _bearer(header: str | None) -> str:

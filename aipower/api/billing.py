@@ -19,13 +19,13 @@ _DEFAULT_DAYS = 30
 
 async def get_balance(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.authenticate(request.headers)
+    caller = await ctx.auth.caller(request)
     return _json(render_balance(await ctx.accounts.balance(caller.user_id), ctx.unlock_nanos))
 
 
 async def get_usage(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.authenticate(request.headers)
+    caller = await ctx.auth.caller(request)
     start, end = _window(request.query_params.get("from"), request.query_params.get("to"))
     group_by = _group_by(request.query_params.get("group_by", "model"))
     rows = await ctx.accounts.usage(caller.user_id, start, end, group_by)
@@ -43,7 +43,7 @@ async def get_usage(request: Request) -> Response:
 
 async def get_generation(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.authenticate(request.headers)
+    caller = await ctx.auth.caller(request)
     generation_id = request.path_params["generation_id"]
     entry = await ctx.accounts.generation(caller.user_id, generation_id)
     if entry is None:
@@ -90,7 +90,8 @@ def render_generation(entry: LogEntry) -> dict[str, Any]:
             "reasoning_tokens": entry.reasoning_tokens,
             "estimated": entry.estimated,
         },
-        "cost_usd": _usd(entry.cost_nanos),
+        "cost_usd": _usd(entry.charged_nanos),
+        "list_cost_usd": _usd(entry.cost_nanos),
         "billing": entry.billing_mode,
         "latency_ms": entry.latency_ms,
     }

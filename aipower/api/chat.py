@@ -21,14 +21,16 @@ from aipower.money import usd_text
 
 async def chat_completions(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.authenticate(request.headers)
+    caller = await ctx.auth.caller(request)
     chat = wire.parse_request(await read_body(request, ctx.max_body_bytes))
     response_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
     if chat.stream:
         session = await ctx.gateway.open_stream(caller, chat, response_id)
         renderer = wire.ChunkRenderer(response_id, created, session.model.id, chat.include_usage)
-        headers = {"x-request-id": response_id, "x-aipower-model": session.model.id}
+        headers = {"x-request-id": response_id, "x-aipower-model": session.model.id, **session.rate_headers}
+        if session.route:
+            headers["x-aipower-route"] = session.route
         return EventStreamResponse(_frames(renderer, session.events), headers)
     completion = await ctx.gateway.complete(caller, chat, response_id)
     return Response(
@@ -38,6 +40,8 @@ async def chat_completions(request: Request) -> Response:
             "x-request-id": response_id,
             "x-aipower-model": completion.model.id,
             "x-aipower-cost": usd_text(completion.cost_nanos),
+            **completion.rate_headers,
+            **({"x-aipower-route": completion.route} if completion.route else {}),
         },
     )
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from aipower.api.auth import Authenticator
 from aipower.api.models import ModelList
-from aipower.gateway.protocols import AccountReader
+from aipower.gateway.protocols import AccountReader, ResponseStore
+from aipower.gateway.routing import Router
 from aipower.gateway.service import Gateway
 
 
@@ -20,3 +21,6 @@ class ApiContext:
     unlock_nanos: int
     max_body_bytes: int
     database_ok: Callable[[], Awaitable[bool]]
+    responses: ResponseStore
+    router: Router | None = None  # deployment health for /v1/providers/health
+    operator_key_ids: frozenset[str] = frozenset()

@@ -60,13 +60,13 @@ def _route(route: RouteSpec, catalog: Catalog) -> dict[str, Any]:
 
 async def list_models(request: Request) -> Response:
     ctx = request.app.state.api
-    await ctx.auth.authenticate(request.headers)
+    await ctx.auth.caller(request)
     return Response(ctx.models.list_body, media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
     ctx = request.app.state.api
-    await ctx.auth.authenticate(request.headers)
+    await ctx.auth.caller(request)
     model_id = request.path_params["model_id"]
     body = ctx.models.one_body.get(model_id)
     if body is None:

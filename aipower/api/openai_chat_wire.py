@@ -163,6 +163,7 @@ class ChatRequestIn(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptionsIn | None = None
     user: str | None = None
+    models: list[str] | None = Field(default=None, max_length=10)  # fallback model ids, as OpenRouter takes them
     # Validated here, then forwarded verbatim through ChatRequest.extra.
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -212,6 +213,7 @@ def parse_request(body: bytes) -> ChatRequest:
         stream=bool(parsed.stream),
         include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
         user=parsed.user,
+        fallback_models=tuple(parsed.models or ()),
         extra=extra,
     )
 

@@ -90,6 +90,23 @@ def restrict(key_id: str, expires: str | None, models: str | None, spend_limit: 
     click.echo(f"restricted {key_id}")
 
 
+@keys.command("limit")
+@click.argument("key_id")
+@click.option("--rpm", type=click.IntRange(min=0), default=None, help="Requests per minute (0 = unlimited).")
+@click.option("--tpm", type=click.IntRange(min=0), default=None, help="Tokens per minute (0 = unlimited).")
+def limit(key_id: str, rpm: int | None, tpm: int | None) -> None:
+    """Set KEY_ID's own rate limits (an option not given goes back to the default)."""
+    try:
+        run(lambda engine: key_store.set_limits(engine, key_id, rpm, tpm))
+    except key_store.KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"limits for {key_id}: rpm {_shown(rpm)}, tpm {_shown(tpm)}")
+
+
+def _shown(value: int | None) -> str:
+    return "default" if value is None else ("unlimited" if value == 0 else str(value))
+
+
 def _expiry(value: str | None) -> dt.datetime | None:
     if value in (None, "never"):
         return None

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from aipower import settings as settings_module
 from aipower.app import build_deployments, create_app
 from aipower.settings import Settings
-from aipower.storage import accounts, db, ledger
+from aipower.storage import accounts, db, ledger, redis_limits
 
 
 @click.command()
@@ -32,6 +32,12 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
     settings = settings_module.from_environ().with_overrides(
         host=host, port=port, workers=workers, catalog_paths=catalog_paths or None
     )
+    if settings.workers > 1 and not settings.redis_url:
+        raise click.ClickException(
+            f"--workers {settings.workers} needs AIPOWER_REDIS_URL: with in-process counters every worker would "
+            f"enforce its own rate limits, multiplying them by {settings.workers}. Start Redis and set "
+            "AIPOWER_REDIS_URL=redis://127.0.0.1:6379/0, or run one worker per process behind a balancer."
+        )
     db.upgrade(settings.database_url)
     released = asyncio.run(_release_stale_holds(settings))
     _announce(settings)
@@ -52,6 +58,7 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # X-Forwarded-For is read by aipower itself, only behind AIPOWER_TRUSTED_PROXIES
     )
 
 
@@ -72,6 +79,8 @@ def _announce(settings: Settings) -> None:
     missing = [p for pid, p in catalog.providers.items() if pid not in ready]
     click.echo(f"aipower listening on http://{settings.host}:{settings.port}/v1 ({settings.workers} worker(s))")
     click.echo(f"database: {db.describe(settings.database_url)}")
+    limits = f"Redis {redis_limits.describe(settings.redis_url)}" if settings.redis_url else "in-process"
+    click.echo(f"rate limits: {limits}; demo key: {'on' if settings.demo_key else 'off'}")
     click.echo(f"providers with keys: {', '.join(ready) or 'none'}")
     for p in missing:
         click.echo(f"  {p.id}: set {' or '.join(p.key_env)} to enable")

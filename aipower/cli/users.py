@@ -27,3 +27,18 @@ def create(email: str) -> None:
     except user_store.UserExists as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created user {user.id} <{user.email}> with {trial_calls} free trial calls")
+
+
+@users.command("limit")
+@click.argument("email")
+@click.option("--rpm", type=click.IntRange(min=0), default=None, help="Requests per minute (0 = unlimited).")
+@click.option("--tpm", type=click.IntRange(min=0), default=None, help="Tokens per minute (0 = unlimited).")
+def limit(email: str, rpm: int | None, tpm: int | None) -> None:
+    """Set the rate limits of a user, across all their keys (an option not given goes back to the default)."""
+    try:
+        run(lambda engine: user_store.set_limits(engine, email, rpm, tpm))
+    except user_store.UserNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"limits for {email}: rpm {rpm if rpm is not None else 'default'}, tpm {tpm if tpm is not None else 'default'}"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -20,6 +20,19 @@ class Caller:
     revoked: bool = False
     expires_at: dt.datetime | None = None
     allowed_models: frozenset[str] | None = None
+    limits: Limits | None = None  # per-key / per-user overrides of the default rate limits
+    is_demo: bool = False  # the public demo key
+    client_ip: str | None = None  # set per request by the API layer
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Rate-limit overrides (None = the configured default; 0 = unlimited)."""
+
+    key_rpm: int | None = None
+    key_tpm: int | None = None
+    user_rpm: int | None = None
+    user_tpm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +52,13 @@ class LogEntry:
     latency_ms: int
     attempts: int
     created_at: dt.datetime
-    cost_nanos: int = 0
+    cost_nanos: int = 0  # at list price, whatever the caller was charged (trial and demo calls included)
     billing_mode: str | None = None
     estimated: bool = False
+    charged_nanos: int = 0  # what the caller paid (set by the ledger when it settles)
 
 
-BillingMode = Literal["balance", "trial"]
+BillingMode = Literal["balance", "trial", "demo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +71,7 @@ class HoldRequest:
     amount: int
     trial_eligible: bool
     unlock_nanos: int | None  # premium model: lifetime top-ups needed; None for free-tier models
+    demo: bool = False  # the public demo key: free to the caller, recorded against the demo account
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +145,71 @@ class Upstream(Protocol):
     async def complete(self, target: Target, request: ChatRequest) -> ChatResponse: ...
 
     def stream(self, target: Target, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """One /v1/responses answer kept for GET, input_items and previous_response_id; the JSON is opaque wire text."""
+
+    id: str
+    user_id: int
+    key_id: str
+    model: str
+    status: str
+    created_at: dt.datetime
+    previous_response_id: str | None
+    input_items_json: bytes  # the request's input items, each with its id
+    output_items_json: bytes
+    usage_json: bytes | None
+    details_json: bytes  # every other field of the response object (instructions, metadata, tools, ...)
+
+
+class ResponseStore(Protocol):
+    async def save(self, response: StoredResponse) -> None: ...
+
+    async def find(self, user_id: int, response_id: str) -> StoredResponse | None:
+        """The user's response, or None (another user's id is None too)."""
+
+    async def chain(self, user_id: int, response_id: str) -> list[StoredResponse]:
+        """The response and its stored ancestors, oldest first; empty when the response is not the user's."""
+
+    async def delete(self, user_id: int, response_id: str) -> bool: ...
+
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentHealth:
+    """One deployment's circuit breaker and measured latency, as the health store sees it now."""
+
+    deployment: str
+    state: BreakerState = "closed"
+    consecutive_failures: int = 0
+    calls: int = 0
+    failures: int = 0
+    error_rate: float = 0.0  # moving average of failed calls (0..1)
+    ttft_ms: float | None = None  # moving average of time to first token (a whole answer when not streamed)
+    tokens_per_s: float | None = None  # moving average of output tokens per second
+    retry_in: float | None = None  # open: seconds until a probe is let through
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How one upstream attempt went; `ok=False` is a retryable failure, the kind that trips a breaker."""
+
+    deployment: str
+    ok: bool
+    ttft: float | None = None  # seconds
+    tokens_per_s: float | None = None
+
+
+class HealthStore(Protocol):
+    """Circuit-breaker state and latency per deployment: in memory (one process) or Redis (shared)."""
+
+    async def read(self, deployments: Collection[str]) -> Mapping[str, DeploymentHealth]: ...
+
+    async def admit(self, deployment: str) -> bool:
+        """May a call go there now? False while open; claims the one probe of a half-open breaker."""
+
+    async def record(self, outcome: CallOutcome) -> None: ...

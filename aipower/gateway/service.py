@@ -11,14 +11,15 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 
 from aipower.catalog import BillingRules, ModelSpec, Target
 from aipower.errors import GatewayError, UpstreamError
 from aipower.gateway import billing, tokens
+from aipower.gateway.admission import Admission, Ticket, rate_headers
 from aipower.gateway.protocols import Caller, Hold, HoldRequest, Ledger, LogEntry, RequestLog, Settlement, Upstream
-from aipower.gateway.routing import Deployments, plan
+from aipower.gateway.routing import Deployments, Plan, Router
 from aipower.gateway.stream_meter import StreamMeter
 from aipower.messages import ChatRequest, ChatResponse, StreamEvent, Usage, UsageReport, message_text
 from aipower.money import usd_to_nanos
@@ -33,12 +34,16 @@ class Completion:
     response: ChatResponse
     usage: Usage
     cost_nanos: int
+    rate_headers: Mapping[str, str] = field(default_factory=dict)
+    route: str | None = None  # x-aipower-route: why this model (smart routes, failover)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamSession:
     model: ModelSpec
     events: AsyncGenerator[StreamEvent, None]
+    rate_headers: Mapping[str, str] = field(default_factory=dict)
+    route: str | None = None
 
 
 @dataclass(slots=True)
@@ -52,6 +57,16 @@ class _Call:
     target: Target | None = None
     attempts: int = 0
     hold: Hold | None = None
+    ticket: Ticket | None = None
+    plan: Plan | None = None
+
+    @property
+    def route(self) -> str | None:
+        return self.plan.describe(self.target.model.id) if self.plan and self.target else None
+
+    @property
+    def rate_headers(self) -> dict[str, str]:
+        return rate_headers(self.ticket.requests, self.ticket.tokens) if self.ticket else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +84,16 @@ class Gateway:
         request_log: RequestLog,
         ledger: Ledger,
         rules: BillingRules,
+        *,
+        admission: Admission,
+        router: Router | None = None,
     ) -> None:
+        self._router = router or Router(deployments)
         self._deployments = deployments
         self._upstream = upstream
         self._log = request_log
         self._ledger = ledger
+        self._admission = admission
         self._unlock_nanos = usd_to_nanos(rules.unlock_topup_usd)
 
     async def complete(self, caller: Caller, request: ChatRequest, request_id: str) -> Completion:
@@ -90,7 +110,14 @@ class Gateway:
         finally:
             charged = await self._settle(call, outcome)
         assert call.target is not None
-        return Completion(model=call.target.model, response=response, usage=usage, cost_nanos=charged)
+        return Completion(
+            model=call.target.model,
+            response=response,
+            usage=usage,
+            cost_nanos=charged,
+            rate_headers=call.rate_headers,
+            route=call.route,
+        )
 
     async def open_stream(self, caller: Caller, request: ChatRequest, request_id: str) -> StreamSession:
         """Start a stream, failing over until the first event arrives; errors before it are raised here."""
@@ -105,50 +132,96 @@ class Gateway:
             await self._settle(call, _Outcome(CLIENT_CLOSED, "client_closed", None))
             raise
         assert call.target is not None
-        return StreamSession(model=call.target.model, events=self._relay(call, first, events))
+        return StreamSession(
+            model=call.target.model,
+            events=self._relay(call, first, events),
+            rate_headers=call.rate_headers,
+            route=call.route,
+        )
 
     async def _prepare(self, call: _Call) -> list[Target]:
         """Plan, check the key, and reserve; failures here are logged without a hold."""
         try:
-            targets = plan(call.request.model, self._deployments)
+            call.plan = await self._router.plan(call.request, call.caller)
+            targets = call.plan.targets
             models = [t.model for t in targets]
             billing.check_key(call.caller, [m.id for m in models], dt.datetime.now(dt.UTC))
-            call.hold = await self._ledger.reserve(
-                HoldRequest(
-                    user_id=call.caller.user_id,
-                    key_id=call.caller.key_id,
-                    request_id=call.request_id,
-                    amount=billing.hold_amount(call.request, models),
-                    trial_eligible=all(m.free for m in models),
-                    unlock_nanos=None if all(m.free for m in models) else self._unlock_nanos,
-                )
-            )
+            tokens_wanted = tokens.estimate_prompt_upper(call.request) + (call.request.max_tokens or 0)
+            call.ticket = await self._admission.admit(call.caller, models, tokens_wanted)
+            call.hold = await self._reserve(call, models)
         except GatewayError as exc:
             self._log.add(self._entry(call, _Outcome(exc.status, exc.code, None), 0))
             raise
         return targets
 
+    async def _reserve(self, call: _Call, models: list[ModelSpec]) -> Hold:
+        assert call.ticket is not None
+        free = all(m.free for m in models)
+        try:
+            return await self._ledger.reserve(
+                HoldRequest(
+                    user_id=call.caller.user_id,
+                    key_id=call.caller.key_id,
+                    request_id=call.request_id,
+                    amount=billing.hold_amount(call.request, models),
+                    trial_eligible=free,
+                    unlock_nanos=None if free else self._unlock_nanos,
+                    demo=call.caller.is_demo,
+                )
+            )
+        except BaseException:
+            await asyncio.shield(self._admission.finish(call.ticket, 0))
+            raise
+
     async def _call(self, call: _Call, targets: list[Target]) -> ChatResponse:
-        for call.attempts, call.target in enumerate(targets, 1):
+        """Try the targets in order (skipping open breakers) until one answers, a failure is not retryable, or
+        the failover budget is spent; every attempt feeds the health store."""
+        failure: UpstreamError | None = None
+        deadline = self._router.deadline()
+        for target in targets:
+            if failure is not None and self._router.expired(deadline):
+                break
+            if not await self._router.admit(target):
+                continue
+            call.attempts, call.target = call.attempts + 1, target
+            began = self._router.clock()
             try:
-                return await self._upstream.complete(call.target, call.request)
+                response = await self._upstream.complete(target, call.request)
             except UpstreamError as exc:
-                if not (exc.retryable and call.attempts < len(targets)):
+                await self._router.failed(target, exc)
+                if not exc.retryable:
                     raise
-        raise AssertionError("plan() returns at least one target")
+                failure = exc
+                continue
+            await self._router.succeeded(target, began, response.usage)
+            return response
+        raise failure or self._router.skipped(targets)
 
     async def _open(
         self, call: _Call, targets: list[Target]
     ) -> tuple[AsyncGenerator[StreamEvent, None], StreamEvent | None]:
-        for call.attempts, call.target in enumerate(targets, 1):
-            events = self._upstream.stream(call.target, call.request)
+        failure: UpstreamError | None = None
+        deadline = self._router.deadline()
+        for target in targets:
+            if failure is not None and self._router.expired(deadline):
+                break
+            if not await self._router.admit(target):
+                continue
+            call.attempts, call.target = call.attempts + 1, target
+            began = self._router.clock()
+            events = self._upstream.stream(target, call.request)
             try:
-                return events, await anext(events, None)
+                first = await anext(events, None)
             except UpstreamError as exc:
                 await events.aclose()
-                if not (exc.retryable and call.attempts < len(targets)):
+                await self._router.failed(target, exc)
+                if not exc.retryable:
                     raise
-        raise AssertionError("plan() returns at least one target")
+                failure = exc
+                continue
+            await self._router.succeeded(target, began, stream=True)
+            return events, first
+        raise failure or self._router.skipped(targets)
 
     async def _relay(
         self, call: _Call, first: StreamEvent | None, events: AsyncGenerator[StreamEvent, None]
@@ -177,22 +250,29 @@ class Gateway:
         return event
 
     def _cost(self, call: _Call, usage: Usage) -> int:
+        """What the caller is charged: list price on the balance; nothing on a trial or demo call."""
         assert call.hold is not None and call.target is not None
-        return 0 if call.hold.mode == "trial" else billing.charge(usage, call.target.model)
+        return billing.charge(usage, call.target.model) if call.hold.mode == "balance" else 0
 
     async def _settle(self, call: _Call, outcome: _Outcome) -> int:
-        assert call.hold is not None
+        assert call.hold is not None and call.ticket is not None
         usage = outcome.usage
-        cost = self._cost(call, usage) if usage is not None and call.target is not None else 0
+        list_cost = billing.charge(usage, call.target.model) if usage is not None and call.target is not None else 0
         settlement = Settlement(
             hold=call.hold,
-            charge=cost,
+            charge=list_cost if call.hold.mode == "balance" else 0,
             succeeded=outcome.status == 200 or (usage is not None and usage.output_tokens > 0),
-            entry=self._entry(call, outcome, cost),
+            entry=self._entry(call, outcome, list_cost),
         )
-        charged = await asyncio.shield(self._ledger.settle(settlement))
+        charged = await asyncio.shield(self._finish(call.ticket, settlement))
         self._access_log(settlement.entry)
         return charged
+
+    async def _finish(self, ticket: Ticket, settlement: Settlement) -> int:
+        try:
+            return await self._ledger.settle(settlement)
+        finally:
+            await self._admission.finish(ticket, settlement.entry.output_tokens)
 
     def _entry(self, call: _Call, outcome: _Outcome, cost: int) -> LogEntry:
         target = call.target

@@ -7,11 +7,12 @@ import json
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.gateway import keys as key_format
-from aipower.gateway.protocols import Caller
-from aipower.storage.tables import api_keys
+from aipower.gateway.protocols import Caller, Limits
+from aipower.storage.tables import api_keys, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +87,18 @@ class SqlKeyStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        k = api_keys.c
-        self._query = select(k.id, k.user_id, k.revoked_at, k.expires_at, k.allowed_models)
+        k, u = api_keys.c, users.c
+        self._query = select(
+            k.id,
+            k.user_id,
+            k.revoked_at,
+            k.expires_at,
+            k.allowed_models,
+            k.rpm,
+            k.tpm,
+            u.rpm.label("user_rpm"),
+            u.tpm.label("user_tpm"),
+        ).join_from(api_keys, users, users.c.id == k.user_id)
 
     async def find(self, digest: str) -> Caller | None:
         async with self._engine.connect() as conn:
@@ -100,7 +111,47 @@ class SqlKeyStore:
             revoked=row.revoked_at is not None,
             expires_at=_utc(row.expires_at),
             allowed_models=frozenset(json.loads(row.allowed_models)) if row.allowed_models else None,
+            limits=Limits(row.rpm, row.tpm, row.user_rpm, row.user_tpm),
         )
+
+
+DEMO_EMAIL = "demo@aipower.invalid"
+
+
+async def ensure_demo_key(engine: AsyncEngine, secret: str) -> None:
+    """The public demo key and the account its calls are recorded against (idempotent, safe to race)."""
+    digest = key_format.digest(secret)
+    async with engine.connect() as conn:
+        if (await conn.execute(select(api_keys.c.id).where(api_keys.c.digest == digest))).first() is not None:
+            return
+    try:
+        async with engine.begin() as conn:
+            user_id = (await conn.execute(select(users.c.id).where(users.c.email == DEMO_EMAIL))).scalar()
+            if user_id is None:
+                created = await conn.execute(
+                    insert(users).values(email=DEMO_EMAIL, created_at=dt.datetime.now(dt.UTC)).returning(users.c.id)
+                )
+                user_id = created.scalar_one()
+            await conn.execute(
+                insert(api_keys).values(
+                    id=key_format.new_key_id(),
+                    user_id=user_id,
+                    name="public demo",
+                    digest=digest,
+                    prefix=key_format.display_prefix(secret),
+                    created_at=dt.datetime.now(dt.UTC),
+                )
+            )
+    except IntegrityError:
+        return  # another process created it first
+
+
+async def set_limits(engine: AsyncEngine, key_id: str, rpm: int | None, tpm: int | None) -> None:
+    """Per-key rate limits (None = the default, 0 = unlimited)."""
+    async with engine.begin() as conn:
+        result = await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(rpm=rpm, tpm=tpm))
+        if result.rowcount == 0:
+            raise KeyNotFound(f"no key with id {key_id}")
 
 
 async def restrict(engine: AsyncEngine, key_id: str, restriction: KeyRestriction) -> None:

@@ -34,6 +34,8 @@ class SqlLedger:
     async def reserve(self, request: HoldRequest) -> Hold:
         day = today()
         async with self._engine.begin() as conn:
+            if request.demo:
+                return await _open_hold(conn, request, 0, "demo", day)
             if request.unlock_nanos is not None:
                 await _require_unlocked(conn, request)
             if request.trial_eligible and await _take_trial(conn, request.user_id):
@@ -57,7 +59,7 @@ class SqlLedger:
             )
             await conn.execute(update(holds).where(holds.c.id == hold.id).values(charged_nanos=charged))
             row = row_of(settlement.entry)
-            row["cost_nanos"] = charged
+            row["charged_nanos"] = charged
             await conn.execute(insert(request_log), [row])
             await conn.execute(update(api_keys).where(api_keys.c.id == hold.key_id).values(last_used_at=now))
         return charged
@@ -139,7 +141,7 @@ async def _open_hold(conn: AsyncConnection, request: HoldRequest, amount: int, m
         user_id=request.user_id,
         key_id=request.key_id,
         amount=amount,
-        mode="trial" if mode == "trial" else "balance",
+        mode=_mode(mode),
         day=day,
     )
     await conn.execute(
@@ -168,8 +170,7 @@ async def release(engine: AsyncEngine, hold_id: str) -> bool:
         )
         if closed.rowcount == 0:
             return False
-        mode: BillingMode = "trial" if row.mode == "trial" else "balance"
-        hold = Hold(row.id, row.user_id, row.key_id, row.amount_nanos, mode, row.spend_day)
+        hold = Hold(row.id, row.user_id, row.key_id, row.amount_nanos, _mode(row.mode), row.spend_day)
         await _settle_hold(conn, hold, 0, False, row.request_id, "released by repair")
     return True
 
@@ -178,6 +179,8 @@ async def _settle_hold(
     conn: AsyncConnection, hold: Hold, charge: int, succeeded: bool, request_id: str, note: str
 ) -> int:
     """Move the hold's money: charge (at most hold + what the balance has), release the rest. Returns the charge."""
+    if hold.mode == "demo":
+        return 0
     if hold.mode == "trial":
         if succeeded:
             await _append(conn, hold.user_id, 0, "trial", request_id, "free trial call")
@@ -224,3 +227,10 @@ async def _append(
             created_at=dt.datetime.now(dt.UTC),
         )
     )
+
+
+def _mode(text: str) -> BillingMode:
+    match text:
+        case "trial" | "demo" | "balance":
+            return text
+    raise ValueError(f"unknown billing mode {text!r}")

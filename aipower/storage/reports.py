@@ -33,7 +33,7 @@ class SqlAccountReader:
                 func.count(),
                 func.coalesce(func.sum(r.input_tokens), 0),
                 func.coalesce(func.sum(r.output_tokens), 0),
-                func.coalesce(func.sum(r.cost_nanos), 0),
+                func.coalesce(func.sum(r.charged_nanos), 0),
             )
             .where(r.user_id == user_id, r.created_at >= start, r.created_at < end, r.billing_mode.is_not(None))
             .group_by(key)

@@ -75,8 +75,12 @@ class BufferedRequestLog:
             await self.flush()
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(LogEntry))
+
+
 def row_of(entry: LogEntry) -> dict[str, Any]:
-    return dataclasses.asdict(entry)
+    """The row for an entry (a shallow copy: asdict's deep copy cost ~17 µs a row on the event loop)."""
+    return {name: getattr(entry, name) for name in _FIELDS}
 
 
 def entry_columns() -> list[Any]:

@@ -35,6 +35,8 @@ users = Table(
     Column("daily_cap_nanos", Money, nullable=True),
     Column("spend_day", String(10), nullable=True),  # UTC day (YYYY-MM-DD) that spend_day_nanos counts
     Column("spend_day_nanos", Money, nullable=False, server_default="0"),
+    Column("rpm", Integer, nullable=True),  # rate-limit overrides; NULL = the configured default
+    Column("tpm", Integer, nullable=True),
     CheckConstraint("balance_nanos >= 0", name="ck_users_balance_nonnegative"),
 )
 
@@ -53,6 +55,8 @@ api_keys = Table(
     Column("allowed_models", Text, nullable=True),  # JSON list of model ids; NULL = any
     Column("spend_limit_nanos", Money, nullable=True),
     Column("spent_nanos", Money, nullable=False, server_default="0"),
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
 )
 
 holds = Table(
@@ -103,10 +107,28 @@ request_log = Table(
     Column("latency_ms", Integer, nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("cost_nanos", Money, nullable=False, server_default="0"),
+    Column("cost_nanos", Money, nullable=False, server_default="0"),  # at list price
+    Column("charged_nanos", Money, nullable=False, server_default="0"),  # what the caller paid
     Column("billing_mode", String(16), nullable=True),
     Column("estimated", Boolean, nullable=False, server_default=false()),
     Index("ix_request_log_user_created", "user_id", "created_at"),
     Index("ix_request_log_request_id", "request_id"),
     Index("ix_request_log_key_created", "key_id", "created_at"),
+)
+
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("previous_response_id", String(64), nullable=True),
+    Column("input_items", Text, nullable=False),  # JSON, opaque to storage (api/responses_wire.py writes it)
+    Column("output_items", Text, nullable=False),
+    Column("usage", Text, nullable=True),
+    Column("details", Text, nullable=False),
+    Index("ix_responses_user_created", "user_id", "created_at"),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,3 +52,10 @@ async def find(engine: AsyncEngine, email: str) -> User:
     if row is None:
         raise UserNotFound(f"no user with email {email}; create one with `aipower users create {email}`")
     return User(id=row.id, email=row.email, created_at=row.created_at)
+
+
+async def set_limits(engine: AsyncEngine, email: str, rpm: int | None, tpm: int | None) -> None:
+    """Per-user rate limits across all of the user's keys (None = the default, 0 = unlimited)."""
+    user = await find(engine, email)
+    async with engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.id == user.id).values(rpm=rpm, tpm=tpm))

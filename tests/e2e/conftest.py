@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.redis_service import new_prefix, prefix_cleanup, require_redis
 from tests.servers import free_port
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -119,3 +120,11 @@ def node_package() -> Path:
         if result.returncode != 0:
             pytest.fail(f"`npm ci` in {NODE_DIR} failed:\n{result.stdout}\n{result.stderr}")
     return NODE_DIR
+
+
+@pytest.fixture
+def shared_limits() -> Iterator[dict[str, str]]:
+    """Settings that put rate limits in the machine's Redis under a prefix of this test's own (removed after)."""
+    url = require_redis()
+    with prefix_cleanup(new_prefix()) as prefix:
+        yield {"AIPOWER_REDIS_URL": url, "AIPOWER_REDIS_PREFIX": prefix}

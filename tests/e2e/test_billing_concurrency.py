@@ -28,7 +28,11 @@ MAX_TOKENS = 50
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_exactly_the_affordable_calls_succeed(
-    database_url: str, fake_upstream_server: tuple[FakeUpstream, str], tmp_path: Path, workers: int
+    database_url: str,
+    fake_upstream_server: tuple[FakeUpstream, str],
+    tmp_path: Path,
+    workers: int,
+    shared_limits: dict[str, str],
 ) -> None:
     fake, fake_url = fake_upstream_server
     fake.reset()
@@ -42,8 +46,11 @@ def test_exactly_the_affordable_calls_succeed(
     reply = JsonReply(completion("deepseek-chat", "1 2 3", prompt_tokens=prompt, completion_tokens=MAX_TOKENS))
     fake.enqueue(*[SlowReply(0.3, reply)] * (20 * AFFORDABLE))
     grant(database_url, email, str(Decimal(AFFORDABLE * hold).scaleb(-9)))
-    env = clean_environ({"AIPOWER_DATABASE_URL": database_url, "AIPOWER_KEY_CACHE_SECONDS": "0",
-                         **provider_env(fake_url)})  # fmt: skip
+    unlimited = {"AIPOWER_MAX_CONCURRENT_PER_KEY": "0", "AIPOWER_DEFAULT_RPM": "0", "AIPOWER_DEFAULT_TPM": "0"}
+    env = clean_environ(
+        {"AIPOWER_DATABASE_URL": database_url, "AIPOWER_KEY_CACHE_SECONDS": "0", **unlimited, **shared_limits}
+    )
+    env.update(provider_env(fake_url))
     body = {"model": MODEL.id, "messages": [{"role": "user", "content": text}], "max_tokens": MAX_TOKENS}
     with aipower_serve(env, tmp_path, "--workers", str(workers)) as served:
         statuses = asyncio.run(_fire(f"{served.url}/v1/chat/completions", key, body, 20 * AFFORDABLE))

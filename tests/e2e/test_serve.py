@@ -82,6 +82,7 @@ def test_serve_announces_and_answers_the_python_sdk(
 def test_serve_creates_and_migrates_the_default_sqlite_database(tmp_path: Path) -> None:
     env = clean_environ({})
     assert "AIPOWER_DATABASE_URL" not in env
+    assert not (tmp_path / "aipower-data").exists()
     with aipower_serve(env, tmp_path) as served:
         banner = served.output()
         assert "database: sqlite:///./aipower-data/aipower.db" in banner
@@ -100,10 +101,15 @@ def test_serve_creates_and_migrates_the_default_sqlite_database(tmp_path: Path) 
 
 
 def test_serve_with_two_workers(
-    database_url: str, fake_upstream_server: tuple[FakeUpstream, str], upstream: FakeUpstream, tmp_path: Path
+    database_url: str,
+    fake_upstream_server: tuple[FakeUpstream, str],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    shared_limits: dict[str, str],
 ) -> None:
     _, fake_url = fake_upstream_server
-    env = clean_environ({"AIPOWER_DATABASE_URL": database_url, **provider_env(fake_url, skip=frozenset({"minimax"}))})
+    providers = provider_env(fake_url, skip=frozenset({"minimax"}))
+    env = clean_environ({"AIPOWER_DATABASE_URL": database_url, **providers, **shared_limits})
     with aipower_serve(env, tmp_path, "--workers", "2") as served:
         assert "(2 worker(s))" in served.output()
         key = make_key(env, tmp_path)

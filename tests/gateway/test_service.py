@@ -13,7 +13,9 @@ import pytest
 
 from aipower.catalog import Catalog, Target, load
 from aipower.errors import GatewayError, ModelNotFound, UpstreamError
+from aipower.gateway.admission import Admission, LimitPolicy
 from aipower.gateway.deployments import resolve
+from aipower.gateway.limits import LocalLimiter
 from aipower.gateway.protocols import Caller, Hold, HoldRequest, LogEntry, Settlement
 from aipower.gateway.service import CLIENT_CLOSED, Gateway
 from aipower.messages import (
@@ -124,7 +126,8 @@ def catalog() -> Catalog:
 def rig(catalog: Catalog, scripts: dict[str, Script]) -> Rig:
     env = {"ZHIPU_API_KEY": "k1", "DOUBAO_API_KEY": "k2", "DEEPSEEK_API_KEY": "k3"}
     upstream, log, ledger = FakeUpstream(scripts), MemoryLog(), MemoryLedger()
-    gateway = Gateway(resolve(catalog, env, {"openai"}), upstream, log, ledger, catalog.billing)
+    admission = Admission(LocalLimiter(), LimitPolicy())
+    gateway = Gateway(resolve(catalog, env, {"openai"}), upstream, log, ledger, catalog.billing, admission=admission)
     return Rig(gateway, upstream, log, ledger)
 
 

@@ -26,14 +26,19 @@ def upgrade() -> None:
         t.add_column(sa.Column("daily_cap_nanos", sa.BigInteger, nullable=True))
         t.add_column(sa.Column("spend_day", sa.String(10), nullable=True))
         t.add_column(sa.Column("spend_day_nanos", sa.BigInteger, nullable=False, server_default="0"))
+        t.add_column(sa.Column("rpm", sa.Integer, nullable=True))
+        t.add_column(sa.Column("tpm", sa.Integer, nullable=True))
         t.create_check_constraint("ck_users_balance_nonnegative", "balance_nanos >= 0")
     with op.batch_alter_table("api_keys") as t:
         t.add_column(sa.Column("expires_at", _TS, nullable=True))
         t.add_column(sa.Column("allowed_models", sa.Text, nullable=True))
         t.add_column(sa.Column("spend_limit_nanos", sa.BigInteger, nullable=True))
         t.add_column(sa.Column("spent_nanos", sa.BigInteger, nullable=False, server_default="0"))
+        t.add_column(sa.Column("rpm", sa.Integer, nullable=True))
+        t.add_column(sa.Column("tpm", sa.Integer, nullable=True))
     with op.batch_alter_table("request_log") as t:
         t.add_column(sa.Column("cost_nanos", sa.BigInteger, nullable=False, server_default="0"))
+        t.add_column(sa.Column("charged_nanos", sa.BigInteger, nullable=False, server_default="0"))
         t.add_column(sa.Column("billing_mode", sa.String(16), nullable=True))
         t.add_column(sa.Column("estimated", sa.Boolean, nullable=False, server_default=sa.false()))
     op.create_index("ix_request_log_request_id", "request_log", ["request_id"])
@@ -69,14 +74,16 @@ def downgrade() -> None:
     op.drop_table("holds")
     op.drop_index("ix_request_log_request_id", "request_log")
     with op.batch_alter_table("request_log") as t:
-        for name in ("estimated", "billing_mode", "cost_nanos"):
+        for name in ("estimated", "billing_mode", "charged_nanos", "cost_nanos"):
             t.drop_column(name)
     with op.batch_alter_table("api_keys") as t:
-        for name in ("spent_nanos", "spend_limit_nanos", "allowed_models", "expires_at"):
+        for name in ("tpm", "rpm", "spent_nanos", "spend_limit_nanos", "allowed_models", "expires_at"):
             t.drop_column(name)
     with op.batch_alter_table("users") as t:
         t.drop_constraint("ck_users_balance_nonnegative", type_="check")
         for name in (
+            "tpm",
+            "rpm",
             "spend_day_nanos",
             "spend_day",
             "daily_cap_nanos",

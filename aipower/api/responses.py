@@ -1,0 +1,260 @@
+"""POST /v1/responses, GET/DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items. API layer.
+
+The Responses request becomes one ChatRequest (instructions, the previous_response_id chain, this input) and goes
+through the same Gateway as chat completions: billing, limits, routing and failover are the same. Answers are
+stored (unless `store` is false) for GET, input_items and the next previous_response_id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from aipower.api import responses_events as events
+from aipower.api import responses_wire as wire
+from aipower.api.chat import read_body
+from aipower.api.context import ApiContext
+from aipower.api.event_stream import EventStreamResponse
+from aipower.errors import GatewayError, InvalidRequest, ModelNotFound
+from aipower.gateway.protocols import Caller, StoredResponse
+from aipower.gateway.service import StreamSession
+from aipower.money import usd_text
+
+# Adapters name the chat field at fault; a Responses caller knows it by another name.
+_PARAMS = {
+    "reasoning_effort": "reasoning.effort",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "verbosity": "text.verbosity",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """Everything about a response known before the model answers."""
+
+    id: str
+    caller: Caller
+    created_at: dt.datetime
+    previous_response_id: str | None
+    input_items_json: bytes
+    details: dict[str, Any]
+    store: bool
+
+    def record(
+        self, model: str, status: str, output: events.OutputBuilder | None, error: dict[str, Any] | None
+    ) -> StoredResponse:
+        details = dict(self.details)
+        usage = None
+        if output is not None:
+            details["incomplete_details"] = output.incomplete_details() if status == "incomplete" else None
+            if output.usage is not None:
+                usage = orjson.dumps(events.render_usage(output.usage, output.cost_nanos))
+        details["error"] = error
+        return StoredResponse(
+            id=self.id,
+            user_id=self.caller.user_id,
+            key_id=self.caller.key_id,
+            model=model,
+            status=status,
+            created_at=self.created_at,
+            previous_response_id=self.previous_response_id,
+            input_items_json=self.input_items_json,
+            output_items_json=orjson.dumps(output.items if output is not None else []),
+            usage_json=usage,
+            details_json=orjson.dumps(details),
+        )
+
+
+def render_response(record: StoredResponse) -> dict[str, Any]:
+    """The response object: the same for the POST answer, the final stream event and GET."""
+    return {
+        "id": record.id,
+        "object": "response",
+        "created_at": int(record.created_at.timestamp()),
+        "status": record.status,
+        "model": record.model,
+        "output": orjson.Fragment(record.output_items_json),
+        "usage": None if record.usage_json is None else orjson.Fragment(record.usage_json),
+        **orjson.loads(record.details_json),
+    }
+
+
+async def create_response(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    caller = await ctx.auth.caller(request)
+    parsed = wire.parse_request(await read_body(request, ctx.max_body_bytes))
+    history = await _history(ctx, caller, parsed.previous_response_id, parsed.model)
+    items = wire.input_items(parsed)
+    chat = wire.build_chat(parsed, history + items, first_new=len(history))
+    store = parsed.store is not False
+    draft = _Draft(
+        id=wire.new_id("resp"),
+        caller=caller,
+        created_at=dt.datetime.now(dt.UTC),
+        previous_response_id=parsed.previous_response_id,
+        input_items_json=orjson.dumps(events.render_input_items(items)),
+        details=events.echo(parsed, store),
+        store=store,
+    )
+    headers = {"x-request-id": draft.id}
+    try:
+        if chat.stream:
+            session = await ctx.gateway.open_stream(caller, chat, draft.id)
+            headers["x-aipower-model"] = session.model.id
+            return EventStreamResponse(_stream(ctx, draft, session), headers)
+        completion = await ctx.gateway.complete(caller, chat, draft.id)
+    except InvalidRequest as exc:
+        exc.param = _PARAMS.get(exc.param or "", exc.param)
+        raise
+    choice = completion.response.choices[0]
+    output = events.replay(choice.message, choice.finish_reason)
+    output.usage, output.cost_nanos = completion.usage, completion.cost_nanos
+    record = draft.record(completion.model.id, output.status, output, None)
+    if store:
+        await ctx.responses.save(record)
+    headers |= {"x-aipower-model": completion.model.id, "x-aipower-cost": usd_text(completion.cost_nanos)}
+    return Response(orjson.dumps(render_response(record)), media_type="application/json", headers=headers)
+
+
+async def _history(ctx: ApiContext, caller: Caller, previous_id: str | None, model: str) -> list[wire.Item]:
+    """The items of the previous_response_id chain, oldest first (inputs and outputs, no instructions).
+
+    Reasoning signatures only go back to the model that made them: another provider would reject them.
+    """
+    if previous_id is None:
+        return []
+    chain = await ctx.responses.chain(caller.user_id, previous_id)
+    if not chain:
+        raise _not_found(previous_id, "previous_response_id")
+    items: list[wire.Item] = []
+    for stored in chain:
+        items += wire.parse_items(stored.input_items_json)
+        output = wire.parse_items(stored.output_items_json)
+        items += output if stored.model == model else _unsigned(output)
+    return items
+
+
+def _unsigned(items: list[wire.Item]) -> list[wire.Item]:
+    """The items without provider signatures: reasoning keeps its text, and goes when it had none."""
+    kept: list[wire.Item] = []
+    for item in items:
+        if not isinstance(item, wire.ReasoningItemIn) or item.encrypted_content is None:
+            kept.append(item)
+        elif item.content or item.summary:
+            kept.append(item.model_copy(update={"encrypted_content": None}))
+    return kept
+
+
+async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> AsyncGenerator[bytes, None]:
+    frames = events.EventFrames()
+    output = events.OutputBuilder()
+    model = session.model.id
+    start = render_response(draft.record(model, "in_progress", None, None))
+    yield frames.frame("response.created", {"response": start})
+    yield frames.frame("response.in_progress", {"response": start})
+    try:
+        async for event in session.events:
+            for kind, fields in output.feed(event):
+                yield frames.frame(kind, fields)
+        for kind, fields in output.close():
+            yield frames.frame(kind, fields)
+        record = draft.record(model, output.status, output, None)
+    except GatewayError as exc:
+        # After the first byte there is no status code left: the stream ends with response.failed.
+        output.abandon()
+        record = draft.record(model, "failed", output, {"code": exc.code, "message": exc.message})
+    finally:
+        await session.events.aclose()
+    if draft.store:
+        await ctx.responses.save(record)
+    final = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
+        record.status, "response.failed"
+    )
+    yield frames.frame(final, {"response": render_response(record)})
+
+
+async def get_response(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    caller = await ctx.auth.caller(request)
+    record = await _find(ctx, caller, request.path_params["response_id"])
+    return _json(render_response(record))
+
+
+async def delete_response(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    caller = await ctx.auth.caller(request)
+    response_id = request.path_params["response_id"]
+    if not await ctx.responses.delete(caller.user_id, response_id):
+        raise _not_found(response_id, "response_id")
+    return _json({"id": response_id, "object": "response", "deleted": True})
+
+
+async def list_input_items(request: Request) -> Response:
+    """The list object of a response's input items; `order` (default desc), `after` and `limit` (1-100, 20)."""
+    ctx: ApiContext = request.app.state.api
+    caller = await ctx.auth.caller(request)
+    record = await _find(ctx, caller, request.path_params["response_id"])
+    items: list[dict[str, Any]] = orjson.loads(record.input_items_json)
+    query = request.query_params
+    if query.get("order", "desc") == "desc":
+        items.reverse()
+    after = query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    limit = _limit(query.get("limit", "20"))
+    page = items[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
+def _limit(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise InvalidRequest(
+            f"Invalid value for 'limit': {value!r}. Use 1 to 100.", param="limit", code="invalid_value"
+        )
+    return int(value)
+
+
+async def _find(ctx: ApiContext, caller: Caller, response_id: str) -> StoredResponse:
+    record = await ctx.responses.find(caller.user_id, response_id)
+    if record is None:
+        raise _not_found(response_id, "response_id")
+    return record
+
+
+def _not_found(response_id: str, param: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"No response '{response_id}' for this account (responses created with store=false are not kept).",
+        code="response_not_found",
+        param=param,
+    )
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
+    ]

@@ -1,0 +1,134 @@
+"""Rate limits through the running gateway with the official SDK: the demo key, rpm, tpm, concurrency, headers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from aipower.app import create_app
+from tests.conftest import Gateway, make_settings
+from tests.fakes.upstream import FakeUpstream, JsonReply, SlowReply, completion
+from tests.servers import serve
+
+CHEAP = "deepseek/deepseek-chat"
+HELLO = [{"role": "user", "content": "hi"}]
+DEMO = "sk-aipower-demo-public"
+
+
+@contextlib.contextmanager
+def gateway_with(gateway: Gateway, upstream_url: str, **overrides: object) -> Iterator[str]:
+    """A separate gateway (same database) with its own settings and its own in-process counters."""
+    settings = make_settings(gateway.database_url, upstream_url, **overrides)
+    with serve(create_app(settings)) as url:
+        yield f"{url}/v1"
+
+
+def sdk(base_url: str, key: str, ip: str | None = None, retries: int = 0) -> openai.OpenAI:
+    headers = {"x-forwarded-for": ip} if ip else None
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=retries, default_headers=headers)
+
+
+def test_demo_key_five_calls_per_ip_then_429(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    with gateway_with(gateway, upstream_url, trusted_proxies=("127.0.0.1",)) as url:
+        with sdk(url, DEMO, ip="203.0.113.10") as demo:
+            for _ in range(5):
+                assert demo.chat.completions.create(model=CHEAP, messages=HELLO).choices
+            with pytest.raises(openai.RateLimitError) as info:
+                demo.chat.completions.create(model=CHEAP, messages=HELLO)
+            with pytest.raises(openai.PermissionDeniedError) as premium:
+                demo.chat.completions.create(model="openai/gpt-4o-mini", messages=HELLO)
+        with sdk(url, DEMO, ip="203.0.113.11") as other_ip:
+            assert other_ip.chat.completions.create(model="qwen/qwen-turbo", messages=HELLO).choices
+    assert info.value.code == "demo_quota_exceeded"
+    retry_after = int(info.value.response.headers["retry-after"])
+    assert 0 < retry_after <= 86_400
+    assert "sign up" in premium.value.message.lower()
+    assert premium.value.code == "model_not_allowed_on_demo_key"
+    assert len(upstream.requests) == 6
+
+
+def test_an_untrusted_forwarded_for_header_is_ignored(
+    gateway: Gateway, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    with gateway_with(gateway, upstream_url, demo_daily_calls=2) as url:
+        for ip in ("198.51.100.1", "198.51.100.2"):
+            with sdk(url, DEMO, ip=ip) as demo:
+                demo.chat.completions.create(model=CHEAP, messages=HELLO)
+        with sdk(url, DEMO, ip="198.51.100.3") as demo, pytest.raises(openai.RateLimitError):
+            demo.chat.completions.create(model=CHEAP, messages=HELLO)  # all three were the same peer
+
+
+def test_demo_calls_are_free_and_recorded(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    with gateway_with(gateway, upstream_url) as url, sdk(url, DEMO) as demo:
+        reply = demo.chat.completions.with_raw_response.create(model=CHEAP, messages=HELLO)
+        generation = httpx.get(
+            f"{url}/generation/{reply.parse().id}", headers={"authorization": f"Bearer {DEMO}"}
+        ).json()
+    assert reply.headers["x-aipower-cost"] == "0.00"
+    assert generation["billing"] == "demo"
+    assert generation["cost_usd"] == 0 and generation["list_cost_usd"] > 0
+
+
+def test_requests_per_minute_429_with_headers(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    with gateway_with(gateway, upstream_url, default_rpm=3) as url, sdk(url, gateway.api_key) as client:
+        first = client.chat.completions.with_raw_response.create(model=CHEAP, messages=HELLO)
+        for _ in range(2):
+            client.chat.completions.create(model=CHEAP, messages=HELLO)
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model=CHEAP, messages=HELLO)
+    assert first.headers["x-ratelimit-limit-requests"] == "3"
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    assert first.headers["x-ratelimit-reset-requests"].endswith("s")
+    headers = info.value.response.headers
+    assert info.value.code == "rate_limit_exceeded"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert len(upstream.requests) == 3
+
+
+def test_the_sdk_backs_off_and_succeeds(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    settings = {"default_rpm": 2, "rate_window_seconds": 2}
+    with gateway_with(gateway, upstream_url, **settings) as url, sdk(url, gateway.api_key, retries=3) as client:
+        replies = [client.chat.completions.with_raw_response.create(model=CHEAP, messages=HELLO) for _ in range(3)]
+    assert [r.status_code for r in replies] == [200, 200, 200]
+    assert replies[-1].retries_taken >= 1  # the third call waited for the next window
+    assert len(upstream.requests) == 3
+
+
+def test_tokens_per_minute(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    with gateway_with(gateway, upstream_url, default_tpm=100) as url, sdk(url, gateway.api_key) as client:
+        ok = client.chat.completions.with_raw_response.create(model=CHEAP, messages=HELLO, max_tokens=40)
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model=CHEAP, messages=HELLO, max_tokens=90)
+    assert ok.headers["x-ratelimit-limit-tokens"] == "100"
+    assert int(ok.headers["x-ratelimit-remaining-tokens"]) < 60
+    assert info.value.response.headers["x-ratelimit-remaining-tokens"] != "100"
+    assert len(upstream.requests) == 1
+
+
+def test_concurrent_requests_per_key(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    upstream.enqueue(SlowReply(1.0, JsonReply(completion("deepseek-chat", "slow"))))
+    with gateway_with(gateway, upstream_url, max_concurrent_per_key=1) as url, sdk(url, gateway.api_key) as client:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(client.chat.completions.create, model=CHEAP, messages=HELLO)
+            assert upstream.received.wait(5)
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model=CHEAP, messages=HELLO)
+            assert slow.result(timeout=10).choices[0].message.content == "slow"
+        client.chat.completions.create(model=CHEAP, messages=HELLO)  # the slot came back
+    assert info.value.code == "too_many_concurrent_requests"
+
+
+def test_failed_authentications_are_limited_per_ip(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    with gateway_with(gateway, upstream_url, auth_failures_per_minute=3) as url:
+        for _ in range(3):
+            with sdk(url, "sk-aipower-guess") as guess, pytest.raises(openai.AuthenticationError):
+                guess.models.list()
+        with sdk(url, gateway.api_key) as client, pytest.raises(openai.RateLimitError) as info:
+            client.models.list()
+    assert info.value.code == "too_many_failed_authentications"

@@ -1,0 +1,406 @@
+"""POST /v1/responses (not streamed) through the running gateway with the openai SDK, on the three wires.
+
+DeepSeek speaks the OpenAI wire, anthropic/claude-sonnet the Anthropic one, google/gemini-2.5-flash Gemini's; each
+upstream is the shared fake, scripted with the wire fixtures in tests/fakes/wire.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Gateway, create_key
+from tests.fakes.upstream import FakeUpstream, JsonReply, completion
+
+WIRE = Path(__file__).parents[1] / "fakes" / "wire"
+DEEPSEEK, CLAUDE, GEMINI = "deepseek/deepseek-chat", "anthropic/claude-sonnet", "google/gemini-2.5-flash"
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def fixture(wire: str, case: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((WIRE / wire / f"{case}.json").read_text("utf-8"))
+    return data
+
+
+def anthropic_reply(case: str) -> JsonReply:
+    return JsonReply(fixture("anthropic", case)["response"]["body"])
+
+
+def gemini_reply(case: str) -> JsonReply:
+    return JsonReply(fixture("gemini", case)["gemini_response"])
+
+
+def deepseek_call(call_id: str = "call_abc") -> JsonReply:
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    return JsonReply(completion("deepseek-chat", "", tool_calls=[call]))
+
+
+def balance(http: httpx.Client) -> Decimal:
+    value: Decimal = json.loads(http.get("/balance").text, parse_float=Decimal)["balance_usd"]
+    return value
+
+
+@pytest.fixture
+def other_client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    """A key of another user on the same gateway."""
+    secret, _ = create_key(gateway.database_url, "responses-other@example.com")
+    with openai.OpenAI(base_url=gateway.base_url, api_key=secret, max_retries=0) as sdk:
+        yield sdk
+
+
+def test_text_answer_is_a_complete_response_object(
+    client: openai.OpenAI, http: httpx.Client, upstream: FakeUpstream
+) -> None:
+    before = balance(http)
+    raw = client.responses.with_raw_response.create(
+        model=DEEPSEEK,
+        input="Say hello",
+        instructions="Be brief.",
+        max_output_tokens=50,
+        temperature=0.5,
+        top_p=0.9,
+        metadata={"ticket": "T-1"},
+    )
+    response = raw.parse()
+    body = raw.http_response.json()
+
+    assert response.output_text == "Hello from the fake upstream."
+    assert response.id.startswith("resp_") and response.object == "response"
+    assert (response.status, response.model, response.error, response.incomplete_details) == (
+        "completed",
+        DEEPSEEK,
+        None,
+        None,
+    )
+    assert (response.instructions, response.metadata, response.temperature, response.top_p) == (
+        "Be brief.",
+        {"ticket": "T-1"},
+        0.5,
+        0.9,
+    )
+    assert (response.max_output_tokens, response.store, response.tool_choice, response.tools) == (50, True, "auto", [])
+    message = response.output[0]
+    assert message.type == "message" and message.role == "assistant" and message.status == "completed"
+    assert message.id.startswith("msg_")
+    assert [part.model_dump() for part in message.content] == [
+        {"type": "output_text", "text": "Hello from the fake upstream.", "annotations": [], "logprobs": []}
+    ]
+    cost = json.loads(raw.http_response.text, parse_float=Decimal)["usage"]["cost"]
+    body["usage"].pop("cost")
+    assert body["usage"] == {
+        "input_tokens": 12,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 7,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 19,
+    }
+    assert cost > 0 and cost == Decimal(raw.http_response.headers["x-aipower-cost"])
+    sent = upstream.last.json
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (50, 0.5, 0.9)
+    assert "metadata" not in sent  # stored and echoed, never sent upstream
+    assert before - balance(http) == cost  # billed like any call, at the price reported
+
+
+def test_anthropic_answer(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.enqueue(anthropic_reply("plain-text"))
+    response = client.responses.create(model=CLAUDE, input="hello", instructions="You are terse.")
+    assert response.output_text == "Hi there! How are you doing today? Is there anything I can help you with?"
+    assert response.model == CLAUDE and response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (8, 21)
+    sent = upstream.last
+    assert sent.path == "/anthropic/v1/messages"
+    assert sent.json["system"] in ("You are terse.", [{"type": "text", "text": "You are terse."}])
+    assert sent.json["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]
+
+
+def test_gemini_answer(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.enqueue(gemini_reply("plain-text"))
+    response = client.responses.create(
+        model=GEMINI, input=[{"role": "user", "content": [{"type": "input_text", "text": "Capital of France?"}]}]
+    )
+    assert response.output_text == "The capital of France is **Paris**."
+    assert upstream.last.path.startswith("/google/v1beta/models/gemini-2.5-flash")
+    assert upstream.last.json["contents"] == [{"role": "user", "parts": [{"text": "Capital of France?"}]}]
+
+
+def test_image_input_reaches_the_upstream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    client.responses.create(
+        model=DEEPSEEK,
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is this?"},
+                    {"type": "input_image", "image_url": image, "detail": "low"},
+                ],
+            }
+        ],
+    )
+    assert upstream.last.json["messages"][0]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+    ]
+
+
+def test_multi_turn_replays_the_whole_chain(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    first = client.responses.create(model=DEEPSEEK, input="My name is Ada.", instructions="Not carried over.")
+    upstream.enqueue(JsonReply(completion("deepseek-chat", "Your name is Ada.")))
+    second = client.responses.create(model=DEEPSEEK, input="What is my name?", previous_response_id=first.id)
+    third = client.responses.create(
+        model=DEEPSEEK, input="And again?", previous_response_id=second.id, instructions="Be kind."
+    )
+
+    assert second.previous_response_id == first.id and third.previous_response_id == second.id
+    assert upstream.last.json["messages"] == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello from the fake upstream."},
+        {"role": "user", "content": "What is my name?"},
+        {"role": "assistant", "content": "Your name is Ada."},
+        {"role": "user", "content": "And again?"},
+    ]
+
+
+def second_request(upstream: FakeUpstream, model: str) -> Any:
+    """The tool result as the provider received it on the second turn."""
+    sent = upstream.last.json
+    match model:
+        case "deepseek/deepseek-chat":
+            return [sent["messages"][1]["tool_calls"][0]["id"], sent["messages"][2]]
+        case "anthropic/claude-sonnet":
+            return [sent["messages"][1]["content"][-1]["id"], sent["messages"][2]["content"][0]]
+        case _:
+            return [sent["contents"][1]["parts"][-1]["functionCall"], sent["contents"][2]["parts"][0]]
+
+
+ROUND_TRIPS = {
+    DEEPSEEK: (
+        deepseek_call,
+        lambda: JsonReply(completion("deepseek-chat", "It is sunny in Paris.")),
+        "call_abc",
+        ["call_abc", {"role": "tool", "tool_call_id": "call_abc", "content": "sunny"}],
+    ),
+    CLAUDE: (
+        lambda: anthropic_reply("tool-call"),
+        lambda: anthropic_reply("plain-text"),
+        "toolu_01Dxp8hdnkA8bsrVJJ8LB9q1",
+        [
+            "toolu_01Dxp8hdnkA8bsrVJJ8LB9q1",
+            {"type": "tool_result", "tool_use_id": "toolu_01Dxp8hdnkA8bsrVJJ8LB9q1", "content": "sunny"},
+        ],
+    ),
+    GEMINI: (
+        lambda: gemini_reply("tool-call"),
+        lambda: gemini_reply("plain-text"),
+        "call_0",
+        [
+            {"name": "get_weather", "args": {"city": "Paris"}},
+            {"functionResponse": {"name": "get_weather", "response": {"result": "sunny"}}},
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("model", sorted(ROUND_TRIPS))
+def test_function_call_round_trip(client: openai.OpenAI, upstream: FakeUpstream, model: str) -> None:
+    call_reply, final_reply, call_id, expected = ROUND_TRIPS[model]
+    upstream.enqueue(call_reply())
+    first = client.responses.create(model=model, input="Weather in Paris?", tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1
+    assert (calls[0].call_id, calls[0].name, json.loads(calls[0].arguments)) == (
+        call_id,
+        "get_weather",
+        {"city": "Paris"},
+    )
+    assert calls[0].status == "completed" and calls[0].id and calls[0].id.startswith("fc_")
+    assert first.tools[0].model_dump(exclude_none=True) == WEATHER_TOOL
+
+    upstream.enqueue(final_reply())
+    second = client.responses.create(
+        model=model,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call_id, "output": "sunny"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    assert second.output_text
+    assert second_request(upstream, model) == expected
+
+
+def test_function_call_items_can_be_sent_back_without_storage(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.enqueue(deepseek_call())
+    first = client.responses.create(model=DEEPSEEK, input="Weather?", tools=[WEATHER_TOOL], store=False)  # type: ignore[list-item]
+    client.responses.create(
+        model=DEEPSEEK,
+        input=[
+            {"role": "user", "content": "Weather?"},
+            *[item.model_dump(exclude_none=True) for item in first.output],  # type: ignore[misc]
+            {"type": "function_call_output", "call_id": "call_abc", "output": "sunny"},
+        ],
+        tool_choice={"type": "function", "name": "get_weather"},
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        store=False,
+    )
+    sent = upstream.last.json
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool"]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_json_schema_output_via_text_format(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    schema = fixture("anthropic", "json-schema")["openai_request"]["response_format"]["json_schema"]
+    text_format = {"type": "json_schema", "name": schema["name"], "schema": schema["schema"], "strict": True}
+    # OpenAI: DeepSeek has no json_schema (docs/providers/openai-compatible.md), so the gateway refuses it there
+    upstream.enqueue(JsonReply(completion("gpt-4o-mini", '{"city":"London"}')))
+    response = client.responses.create(model="openai/gpt-4o-mini", input="A city", text={"format": text_format})  # type: ignore[typeddict-item]
+    assert json.loads(response.output_text) == {"city": "London"}
+    assert upstream.last.json["response_format"] == {"type": "json_schema", "json_schema": schema}
+    assert response.text is not None and response.text.format is not None
+    assert response.text.format.model_dump(by_alias=True, exclude_none=True) == text_format
+
+    upstream.enqueue(anthropic_reply("json-schema"))
+    answer = client.responses.create(model=CLAUDE, input="A city", text={"format": text_format})  # type: ignore[typeddict-item]
+    assert json.loads(answer.output_text)["city"] == "London"
+
+
+@pytest.mark.parametrize("model", [DEEPSEEK, CLAUDE])
+def test_max_tokens_cut_is_incomplete(client: openai.OpenAI, upstream: FakeUpstream, model: str) -> None:
+    if model == CLAUDE:
+        upstream.enqueue(anthropic_reply("max-tokens"))
+    else:
+        upstream.enqueue(JsonReply(completion("deepseek-chat", "Waves roll in", finish_reason="length")))
+    response = client.responses.create(model=model, input="Write a poem about the sea.", max_output_tokens=5)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None and response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == "Waves roll in"
+    assert response.output[-1].status == "incomplete"
+
+
+def test_reasoning_item_and_its_signature_round_trip(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    body = fixture("anthropic", "reasoning")["response"]["body"]
+    upstream.enqueue(JsonReply(body))
+    first = client.responses.create(model=CLAUDE, input="What is 1+1?", reasoning={"effort": "minimal"})
+    reasoning = first.output[0]
+    assert reasoning.type == "reasoning"
+    assert reasoning.content is not None and reasoning.content[0].text == body["content"][0]["thinking"]
+    assert reasoning.encrypted_content == body["content"][0]["signature"]
+    assert first.output_text == "Two" and first.reasoning is not None and first.reasoning.effort == "minimal"
+    assert upstream.last.json["thinking"]["type"] == "enabled"
+
+    upstream.enqueue(anthropic_reply("plain-text"))
+    client.responses.create(model=CLAUDE, input="And 2+2?", previous_response_id=first.id)
+    assistant = upstream.last.json["messages"][1]
+    assert assistant["content"][0] == {
+        "type": "thinking",
+        "thinking": body["content"][0]["thinking"],
+        "signature": body["content"][0]["signature"],
+    }
+
+
+def test_retrieve_delete_and_input_items(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    created = client.responses.create(
+        model=DEEPSEEK,
+        input=[
+            {"role": "developer", "content": "Answer in French."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Hello"}]},
+        ],
+    )
+    assert client.responses.retrieve(created.id).model_dump() == created.model_dump()
+
+    items = list(client.responses.input_items.list(created.id))
+    assert [(i.type, i.role, i.content[0].text) for i in items] == [  # type: ignore[union-attr]
+        ("message", "user", "Hello"),
+        ("message", "developer", "Answer in French."),
+    ]  # newest first, as OpenAI lists them
+    assert all(i.id.startswith("msg_") for i in items)  # type: ignore[union-attr]
+    ascending = client.responses.input_items.list(created.id, order="asc", limit=1)
+    assert [i.role for i in ascending.data] == ["developer"] and ascending.has_more  # type: ignore[union-attr]
+
+    deleted = client.responses.with_raw_response.delete(created.id).http_response.json()
+    assert deleted == {"id": created.id, "object": "response", "deleted": True}
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.retrieve(created.id)
+    assert caught.value.code == "response_not_found"
+
+
+def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=DEEPSEEK, input="hi", store=False)
+    assert response.store is False and response.output_text
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model=DEEPSEEK, input="again", previous_response_id=response.id)
+    assert caught.value.param == "previous_response_id"
+
+
+def test_another_users_response_is_404(client: openai.OpenAI, other_client: openai.OpenAI) -> None:
+    mine = client.responses.create(model=DEEPSEEK, input="secret")
+    calls = [
+        lambda: other_client.responses.retrieve(mine.id),
+        lambda: other_client.responses.delete(mine.id),
+        lambda: list(other_client.responses.input_items.list(mine.id)),
+        lambda: other_client.responses.create(model=DEEPSEEK, input="x", previous_response_id=mine.id),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as caught:
+            call()
+        assert caught.value.code == "response_not_found"
+    assert client.responses.retrieve(mine.id).id == mine.id  # still there for its owner
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "hi", "frobnicate": 1}, "frobnicate"),
+        ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type"),
+        ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input[0].content[0].type",
+        ),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+        ({"input": "hi", "temperature": "hot"}, "temperature"),
+        ({}, "input"),
+    ],
+)
+def test_bad_requests_are_400_with_param(
+    http: httpx.Client, upstream: FakeUpstream, body: dict[str, Any], param: str
+) -> None:
+    reply = http.post("/responses", json={"model": DEEPSEEK, **body})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+    assert upstream.requests == []
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="nope/nothing", input="hi")
+    assert caught.value.code == "model_not_found"
+
+
+def test_signatures_stay_with_the_model_that_made_them(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    body = fixture("anthropic", "reasoning")["response"]["body"]
+    upstream.enqueue(JsonReply(body), gemini_reply("plain-text"))
+    first = client.responses.create(model=CLAUDE, input="What is 1+1?", reasoning={"effort": "minimal"})
+    client.responses.create(model=GEMINI, input="And 2+2?", previous_response_id=first.id)
+    sent = upstream.last
+    assert sent.path.startswith("/google/")
+    assert body["content"][0]["signature"] not in sent.body.decode()  # Gemini would reject Anthropic's signature
+    assert {"text": "Two"} in sent.json["contents"][1]["parts"]

@@ -1,0 +1,93 @@
+"""Smart model ids through the running gateway with the openai SDK: the chosen model answers, is named in the
+response and headers, is what the caller is billed for, and respects the key's allow-list and the request."""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+
+import openai
+import pytest
+
+from aipower import catalog as catalog_file
+from aipower.money import cost, usd_text
+from aipower.storage import keys as key_store
+from tests.billing_helpers import ledger_rows, on
+from tests.conftest import Gateway, create_key
+from tests.fakes.upstream import FakeUpstream
+
+CATALOG = catalog_file.load()
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+
+
+def user_client(gateway: Gateway, allowed: frozenset[str] | None = None) -> tuple[openai.OpenAI, str]:
+    email = f"smart-{secrets.token_hex(4)}@example.com"
+    key, key_id = create_key(gateway.database_url, email, Decimal(50))
+    if allowed is not None:
+        restriction = key_store.KeyRestriction(allowed_models=allowed)
+        on(gateway.database_url, lambda engine: key_store.restrict(engine, key_id, restriction))
+    return openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0), email
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "chosen", "route"),
+    [
+        ("auto-cheap", "Hello!", "zhipu/glm-4-flash", "auto-cheap: cheapest of 8"),
+        ("auto-free", "Hello!", "zhipu/glm-4-flash", "auto-free: cheapest under $0.50/M"),
+        ("auto", "请用三句话介绍一下杭州西湖。", "qwen/qwen-plus", "auto: chinese"),
+        ("auto", "What's a nice name for a sailboat?", "deepseek/deepseek-chat", "auto: chat"),
+    ],
+)
+def test_a_smart_id_is_served_named_and_billed_as_the_chosen_model(
+    gateway: Gateway, upstream: FakeUpstream, model: str, prompt: str, chosen: str, route: str
+) -> None:
+    client, email = user_client(gateway)
+    with client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": prompt}]
+        )
+    reply = raw.parse()
+    assert reply.model == chosen
+    assert raw.headers["x-aipower-model"] == chosen
+    assert raw.headers["x-aipower-route"] == f"{route} -> {chosen}"
+    assert upstream.last.json["model"] == CATALOG.models[chosen].upstream
+    charged = cost(12, 7, CATALOG.models[chosen].price)
+    assert raw.headers["x-aipower-cost"] == usd_text(charged)
+    assert [a for a, reason in ledger_rows(gateway.database_url, email) if reason == "usage"] == [-charged]
+
+
+def test_vision_requests_only_go_to_vision_models(gateway: Gateway, upstream: FakeUpstream) -> None:
+    client, _ = user_client(gateway)
+    content = [{"type": "text", "text": "What is this?"}, IMAGE]
+    with client:
+        reply = client.chat.completions.create(model="auto-cheap", messages=[{"role": "user", "content": content}])
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model="auto-free", messages=[{"role": "user", "content": content}])
+    assert reply.model == "openai/gpt-4o-mini"  # the cheapest candidate that sees images
+    assert (caught.value.status_code, caught.value.code) == (503, "no_route_available")
+    assert len(upstream.requests) == 1
+
+
+def test_the_key_allow_list_limits_the_choice(gateway: Gateway, upstream: FakeUpstream) -> None:
+    client, _ = user_client(gateway, allowed=frozenset({"zhipu/glm-5.1", "deepseek/deepseek-reasoner"}))
+    with client:
+        best = client.chat.completions.with_raw_response.create(
+            model="auto-best", messages=[{"role": "user", "content": "Plan a research agenda."}]
+        )
+    assert best.parse().model == "zhipu/glm-5.1"  # the best general rank this key may use
+    assert best.headers["x-aipower-route"] == "auto-best: best general rank -> zhipu/glm-5.1"
+    assert [r.path for r in upstream.requests] == ["/zhipu/chat/completions"]
+
+
+def test_a_stream_names_the_chosen_model(gateway: Gateway, upstream: FakeUpstream) -> None:
+    client, _ = user_client(gateway)
+    with (
+        client,
+        client.chat.completions.with_streaming_response.create(
+            model="auto-free", messages=[{"role": "user", "content": "Hi"}], stream=True
+        ) as response,
+    ):
+        route = response.headers["x-aipower-route"]
+        chunks = list(response.parse())
+    assert route == "auto-free: cheapest under $0.50/M -> zhipu/glm-4-flash"
+    assert {c.model for c in chunks} == {"zhipu/glm-4-flash"}

@@ -1,0 +1,129 @@
+"""In-process limits and the admission rules (demo key, concurrency, rpm, tpm) with an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from aipower import catalog as catalog_file
+from aipower.errors import PermissionDenied, RateLimited
+from aipower.gateway.admission import Admission, LimitPolicy, rate_headers
+from aipower.gateway.limits import LocalLimiter
+from aipower.gateway.protocols import Caller, Limits
+
+MODELS = catalog_file.load().models
+CHEAP = [MODELS["deepseek/deepseek-chat"]]
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_fixed_window_admits_exactly_the_limit_then_resets() -> None:
+    clock = Clock(120.0)
+    limiter = LocalLimiter(clock)
+    results = [await limiter.hit("k", 3, 60) for _ in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+    assert results[-1].remaining == 0 and results[-1].reset_seconds == 60
+    clock.now = 179.5
+    assert (await limiter.hit("k", 3, 60)).allowed is False
+    clock.now = 180.0  # the next minute
+    assert (await limiter.hit("k", 3, 60)).used == 1
+
+
+async def test_costs_and_unconditional_adds() -> None:
+    limiter = LocalLimiter(Clock(0.0))
+    assert (await limiter.hit("t", 100, 60, cost=60)).allowed
+    assert not (await limiter.hit("t", 100, 60, cost=50)).allowed  # 110 would pass the limit: nothing added
+    await limiter.add("t", 60, 100)
+    assert (await limiter.hit("t", 100, 60, cost=0)).used == 160
+
+
+async def test_concurrency_slots() -> None:
+    limiter = LocalLimiter()
+    assert [await limiter.acquire("c", 2) for _ in range(3)] == [True, True, False]
+    await limiter.release("c")
+    assert await limiter.acquire("c", 2)
+
+
+def caller(**changes: object) -> Caller:
+    values: dict[str, object] = {"key_id": "key_a", "user_id": 1}
+    values.update(changes)
+    return Caller(**values)  # type: ignore[arg-type]
+
+
+async def test_requests_per_minute_per_key_and_per_user() -> None:
+    admission = Admission(LocalLimiter(Clock()), LimitPolicy(rpm=2, tpm=0, max_concurrent=100))
+    for _ in range(2):
+        ticket = await admission.admit(caller(), CHEAP, 10)
+        await admission.finish(ticket, 0)
+    with pytest.raises(RateLimited) as info:
+        await admission.admit(caller(), CHEAP, 10)
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.headers["x-ratelimit-remaining-requests"] == "0"
+    # another key of the same user shares the user's limit
+    with pytest.raises(RateLimited):
+        await admission.admit(caller(key_id="key_b"), CHEAP, 10)
+    # an override raises this key's own limit, but the user's limit still holds
+    with pytest.raises(RateLimited):
+        await admission.admit(caller(limits=Limits(key_rpm=10)), CHEAP, 10)
+    ticket = await admission.admit(caller(limits=Limits(key_rpm=10, user_rpm=0)), CHEAP, 10)
+    assert ticket.requests is not None and ticket.requests.limit == 10
+
+
+async def test_tokens_per_minute_count_the_estimate_then_the_real_output() -> None:
+    admission = Admission(LocalLimiter(Clock()), LimitPolicy(rpm=0, tpm=1000, max_concurrent=100))
+    ticket = await admission.admit(caller(), CHEAP, 400)
+    await admission.finish(ticket, 500)  # 400 estimated + 500 produced = 900
+    with pytest.raises(RateLimited) as info:
+        await admission.admit(caller(), CHEAP, 200)
+    assert info.value.headers["x-ratelimit-remaining-tokens"] == "100"
+    await admission.finish(await admission.admit(caller(), CHEAP, 100), 0)
+
+
+async def test_concurrency_cap_and_release_on_refusal() -> None:
+    admission = Admission(LocalLimiter(Clock()), LimitPolicy(rpm=1, tpm=0, max_concurrent=1))
+    ticket = await admission.admit(caller(), CHEAP, 1)
+    with pytest.raises(RateLimited) as info:
+        await admission.admit(caller(), CHEAP, 1)
+    assert info.value.code == "too_many_concurrent_requests"
+    await admission.finish(ticket, 0)
+    with pytest.raises(RateLimited) as info:  # the rpm refusal must give the slot back
+        await admission.admit(caller(), CHEAP, 1)
+    assert info.value.code == "rate_limit_exceeded"
+    admission_two = Admission(LocalLimiter(Clock()), LimitPolicy(rpm=5, tpm=0, max_concurrent=1))
+    await admission_two.finish(await admission_two.admit(caller(), CHEAP, 1), 0)
+
+
+async def test_demo_key_models_and_daily_quota_per_ip() -> None:
+    clock = Clock(86_400 * 20_000 + 3_600)  # 01:00 UTC
+    policy = LimitPolicy(rpm=0, tpm=0, demo_models=frozenset({"deepseek/deepseek-chat"}), demo_daily_calls=2)
+    admission = Admission(LocalLimiter(clock), policy)
+    demo = caller(is_demo=True, client_ip="203.0.113.7")
+    with pytest.raises(PermissionDenied) as denied:
+        await admission.admit(demo, [MODELS["openai/gpt-5"]], 1)
+    assert denied.value.code == "model_not_allowed_on_demo_key"
+    for _ in range(2):
+        await admission.finish(await admission.admit(demo, CHEAP, 1), 0)
+    with pytest.raises(RateLimited) as info:
+        await admission.admit(demo, CHEAP, 1)
+    assert info.value.code == "demo_quota_exceeded"
+    assert info.value.retry_after == 23 * 3600  # until 00:00 UTC
+    await admission.admit(caller(is_demo=True, client_ip="198.51.100.1"), CHEAP, 1)
+
+
+def test_rate_headers_follow_openai_names() -> None:
+    from aipower.gateway.limits import Window
+
+    headers = rate_headers(Window(True, 60, 10, 12.2), Window(True, 1000, 1, 0.4))
+    assert headers == {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "50",
+        "x-ratelimit-reset-requests": "13s",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "999",
+        "x-ratelimit-reset-tokens": "1s",
+    }

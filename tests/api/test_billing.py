@@ -13,7 +13,7 @@ import pytest
 from aipower.storage import keys as key_store
 from tests.billing_helpers import balance_of, billed_calls, grant, ledger_rows, on, top_up, verify
 from tests.conftest import Gateway, create_key
-from tests.fakes.upstream import FakeUpstream, JsonReply, SseReply
+from tests.fakes.upstream import FakeUpstream, JsonReply, SlowReply, SseReply, completion
 
 CHEAP = "deepseek/deepseek-chat"  # 0.34 / 0.50 USD per 1M tokens, free tier
 PREMIUM = "openai/gpt-4o-mini"
@@ -201,3 +201,24 @@ def test_balance_usage_and_generation_endpoints(gateway: Gateway, upstream: Fake
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "generation_not_found"
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "from"
     assert balance_of(gateway.database_url, email).user_id != 0
+
+
+def test_a_timed_out_call_costs_nothing(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    from aipower.app import create_app
+    from tests.conftest import make_settings
+    from tests.servers import serve
+
+    email, key, _ = new_user(gateway, top_up_usd="10")
+    before = balance_of(gateway.database_url, email)
+    upstream.enqueue(SlowReply(2.0, JsonReply(completion("deepseek-chat", "too late"))))
+    settings = make_settings(gateway.database_url, upstream_url, first_byte_timeout=0.3)
+    with (
+        serve(create_app(settings)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as sdk,
+        pytest.raises(openai.InternalServerError) as info,
+    ):
+        sdk.chat.completions.create(model=CHEAP, messages=HELLO)
+    assert info.value.status_code == 503
+    after = balance_of(gateway.database_url, email)
+    assert (after.balance_nanos, after.held_nanos) == (before.balance_nanos, 0)
+    assert [r for r in ledger_rows(gateway.database_url, email) if r[1] == "usage"] == []

@@ -22,6 +22,7 @@ from aipower.gateway.admission import Admission, LimitPolicy
 from aipower.gateway.deployments import resolve
 from aipower.gateway.health import BreakerRules, MemoryHealthStore
 from aipower.gateway.limits import LocalLimiter, RateLimiter
+from aipower.gateway.protocols import HealthStore
 from aipower.gateway.routing import Deployments, Router
 from aipower.gateway.service import Gateway
 from aipower.money import usd_to_nanos
@@ -29,7 +30,7 @@ from aipower.providers import WIRE_FORMATS
 from aipower.providers.client import ProviderClient
 from aipower.providers.transport import Timeouts, Transport
 from aipower.settings import Settings, from_environ
-from aipower.storage import db, keys, redis_limits
+from aipower.storage import db, keys, redis_health, redis_limits
 from aipower.storage.keys import SqlKeyStore
 from aipower.storage.ledger import SqlLedger
 from aipower.storage.reports import SqlAccountReader
@@ -47,6 +48,7 @@ class Services:
     deployments: Deployments
     redis: Redis | None
     demo_key: str
+    ledger: SqlLedger
 
 
 def build_deployments(settings: Settings) -> Deployments:
@@ -61,15 +63,15 @@ def create_app(settings: Settings) -> Starlette:
     transport = Transport(timeouts, settings.upstream_max_connections)
     request_log = BufferedRequestLog(engine)
     redis = redis_limits.connect(settings.redis_url) if settings.redis_url else None
-    services = Services(engine, transport, request_log, deployments, redis, settings.demo_key)
+    services = Services(engine, transport, request_log, deployments, redis, settings.demo_key, SqlLedger(engine))
     limiter = _limiter(settings, redis)
     upstream = ProviderClient(deployments.catalog, transport)
-    router = _router(settings, deployments)
+    router = _router(settings, deployments, redis)
     gateway = Gateway(
         deployments,
         upstream,
         request_log,
-        SqlLedger(engine),
+        services.ledger,
         deployments.catalog.billing,
         admission=Admission(limiter, _limit_policy(settings)),
         router=router,
@@ -112,9 +114,13 @@ def _limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
     )
 
 
-def _router(settings: Settings, deployments: Deployments) -> Router:
-    # Breakers live in this process; with several workers each keeps its own (a Redis HealthStore would share them).
-    health = MemoryHealthStore(BreakerRules(settings.breaker_failures, settings.breaker_cooldown))
+def _router(settings: Settings, deployments: Deployments, redis: Redis | None) -> Router:
+    """Breakers and latency averages shared through Redis when configured; this process's own otherwise."""
+    rules = BreakerRules(settings.breaker_failures, settings.breaker_cooldown)
+    health: HealthStore = MemoryHealthStore(rules)
+    if redis is not None:
+        shared = redis_health.RedisHealthStore(redis, settings.redis_prefix, rules)
+        health = redis_health.FallbackHealthStore(shared, MemoryHealthStore(rules))
     return Router(deployments, health, budget=settings.failover_budget)
 
 
@@ -140,6 +146,7 @@ def _lifespan(services: Services) -> Callable[[Starlette], contextlib.AbstractAs
             yield
         finally:
             await services.request_log.close()
+            await services.ledger.close()
             await services.transport.close()
             await services.engine.dispose()
             if services.redis is not None:

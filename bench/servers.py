@@ -21,6 +21,7 @@ from bench.load import PhaseResult
 
 BENCH_EMAIL = "bench@example.com"
 DIRECT_KEY = "sk-bench"
+BENCH_RATE_LIMIT = 1_000_000_000  # requests per minute
 BENCH_CREDIT_USD = "10000"  # ~250M bench requests at deepseek-chat prices
 
 
@@ -61,6 +62,10 @@ def _gateway_env(workdir: Path, port: int, upstream_port: int) -> dict[str, str]
         AIPOWER_PORT=str(port),
         DEEPSEEK_API_KEY=DIRECT_KEY,
         DEEPSEEK_BASE_URL=f"http://127.0.0.1:{upstream_port}",
+        # Rate limits stay on (every call is counted and checked) but never bind: the default 600/min would.
+        AIPOWER_DEFAULT_RPM=str(BENCH_RATE_LIMIT),
+        AIPOWER_DEFAULT_TPM=str(BENCH_RATE_LIMIT * 1000),
+        AIPOWER_MAX_CONCURRENT_PER_KEY="1024",
     )
     return env
 

@@ -42,6 +42,11 @@ class Admission:
         self._limiter = limiter
         self._policy = policy
 
+    @property
+    def demo_models(self) -> frozenset[str]:
+        """The only models the public demo key may use (routing plans the demo key's smart routes among them)."""
+        return self._policy.demo_models
+
     async def admit(self, caller: Caller, models: Sequence[ModelSpec], tokens: int) -> Ticket:
         if caller.is_demo:
             await self._demo(caller, models)

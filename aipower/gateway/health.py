@@ -70,6 +70,11 @@ def record(breaker: Breaker, outcome: CallOutcome, now: float, rules: BreakerRul
     return replace(updated, consecutive_failures=failures)
 
 
+def record_speed(breaker: Breaker, tokens_per_s: float, rules: BreakerRules) -> Breaker:
+    """The breaker with one more streaming-rate sample (the attempt itself was recorded when it started)."""
+    return replace(breaker, tokens_per_s=_average(breaker.tokens_per_s, tokens_per_s, rules.alpha))
+
+
 def health(deployment: str, breaker: Breaker, now: float, rules: BreakerRules) -> DeploymentHealth:
     current = state(breaker, now, rules)
     retry_in = None
@@ -115,3 +120,6 @@ class MemoryHealthStore:
     async def record(self, outcome: CallOutcome) -> None:
         current = self._breakers.get(outcome.deployment, Breaker())
         self._breakers[outcome.deployment] = record(current, outcome, self._clock(), self.rules)
+
+    async def record_speed(self, deployment: str, tokens_per_s: float) -> None:
+        self._breakers[deployment] = record_speed(self._breakers.get(deployment, Breaker()), tokens_per_s, self.rules)

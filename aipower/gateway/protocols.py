@@ -23,6 +23,7 @@ class Caller:
     limits: Limits | None = None  # per-key / per-user overrides of the default rate limits
     is_demo: bool = False  # the public demo key
     client_ip: str | None = None  # set per request by the API layer
+    lifetime_topup_nanos: int | None = None  # the user's top-ups so far (None: unknown, routing does not narrow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +214,6 @@ class HealthStore(Protocol):
         """May a call go there now? False while open; claims the one probe of a half-open breaker."""
 
     async def record(self, outcome: CallOutcome) -> None: ...
+
+    async def record_speed(self, deployment: str, tokens_per_s: float) -> None:
+        """A stream's generation rate, measured when it ended (its attempt was already recorded)."""

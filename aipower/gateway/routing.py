@@ -153,11 +153,16 @@ def _route_plan(route: RouteSpec, request: ChatRequest, deployments: Deployments
 def _pool(
     route: RouteSpec, label: str, needs: Needs, deployments: Deployments, context: RoutingContext
 ) -> Sequence[str]:
-    """The models a route chooses among: for `classify`, the class's preferred list if any of it is eligible."""
+    """The models a route chooses among: for `classify`, the class's preferred list if any of it is eligible;
+    the whole catalog when the caller may use none of the route's candidates."""
     preferred = dict(route.classes).get(label, ())
     models = deployments.catalog.models
     if any(_eligible(models[m], needs, deployments, context) for m in preferred):
         return preferred
+    if not any(_permitted(models[m], context) for m in route.candidates):
+        # None of the route's choices is the caller's to use (free tier, demo key, allow-list): the strategy picks
+        # among every model the caller may use instead, so `auto-best` is the best of those, not a 503.
+        return tuple(models)
     return route.candidates
 
 
@@ -190,10 +195,15 @@ def _order(
             return models, f"{route.id}: first available"
 
 
-def _eligible(model: ModelSpec, needs: Needs, deployments: Deployments, context: RoutingContext) -> bool:
+def _permitted(model: ModelSpec, context: RoutingContext) -> bool:
+    """May this caller use the model at all (its key's allow-list or the demo models, and its tier)?"""
     if context.allowed is not None and model.id not in context.allowed:
         return False
-    if context.free_only and not model.free:
+    return model.free or not context.free_only
+
+
+def _eligible(model: ModelSpec, needs: Needs, deployments: Deployments, context: RoutingContext) -> bool:
+    if not _permitted(model, context):
         return False
     return needs.fit(model) and any(_usable(t, context) for t in deployments.pool(model.id))
 
@@ -273,11 +283,21 @@ class Router:
         self._budget = budget
         self._ids = [t.deployment for pool in deployments.pools.values() for t in pool]
 
-    async def plan(self, request: ChatRequest, caller: Caller) -> Plan:
-        # TODO(issue 6): free_only needs the user's lifetime top-ups, which the Caller does not carry yet; until
-        # then a free-tier user routed to a premium model gets the ledger's 403 model_not_allowed_on_free_tier.
+    async def plan(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        *,
+        free_only: bool = False,
+        demo_models: frozenset[str] | None = None,
+    ) -> Plan:
+        """The plan for this caller: `free_only` for a user below the premium unlock, `demo_models` for the demo
+        key (each narrows what smart routes choose from; a plain model id is still judged by the key check)."""
+        allowed = caller.allowed_models
+        if demo_models is not None:
+            allowed = demo_models if allowed is None else allowed & demo_models
         context = RoutingContext(
-            allowed=caller.allowed_models, free_only=False, health=await self.health.read(self._ids), rng=self._rng
+            allowed=allowed, free_only=free_only, health=await self.health.read(self._ids), rng=self._rng
         )
         return plan(request, self.deployments, context)
 
@@ -297,6 +317,11 @@ class Router:
         else:
             speed = usage.output_tokens / elapsed if usage is not None and usage.output_tokens > 0 else None
             await self.health.record(CallOutcome(target.deployment, ok=True, tokens_per_s=speed))
+
+    async def streamed(self, target: Target, first: float, last: float, output_tokens: int) -> None:
+        """A finished stream's generation rate: output tokens over the seconds between its first and last event."""
+        if output_tokens > 0 and last > first:
+            await self.health.record_speed(target.deployment, output_tokens / (last - first))
 
     async def failed(self, target: Target, error: UpstreamError) -> None:
         """A retryable failure counts against the deployment; any other answer shows it is up."""

@@ -59,6 +59,7 @@ class _Call:
     hold: Hold | None = None
     ticket: Ticket | None = None
     plan: Plan | None = None
+    first_at: float = 0.0  # the router's clock when the stream's first event arrived
 
     @property
     def route(self) -> str | None:
@@ -142,7 +143,7 @@ class Gateway:
     async def _prepare(self, call: _Call) -> list[Target]:
         """Plan, check the key, and reserve; failures here are logged without a hold."""
         try:
-            call.plan = await self._router.plan(call.request, call.caller)
+            call.plan = await self._plan(call.caller, call.request)
             targets = call.plan.targets
             models = [t.model for t in targets]
             billing.check_key(call.caller, [m.id for m in models], dt.datetime.now(dt.UTC))
@@ -153,6 +154,15 @@ class Gateway:
             self._log.add(self._entry(call, _Outcome(exc.status, exc.code, None), 0))
             raise
         return targets
+
+    async def _plan(self, caller: Caller, request: ChatRequest) -> Plan:
+        """Smart routes choose only what the caller may use: the demo models for the demo key (whose calls are
+        free), free models for a user whose top-ups are below the premium unlock."""
+        if caller.is_demo:
+            return await self._router.plan(request, caller, demo_models=self._admission.demo_models)
+        topups = caller.lifetime_topup_nanos
+        free_only = topups is not None and topups < self._unlock_nanos
+        return await self._router.plan(request, caller, free_only=free_only)
 
     async def _reserve(self, call: _Call, models: list[ModelSpec]) -> Hold:
         assert call.ticket is not None
@@ -219,6 +229,7 @@ class Gateway:
                     raise
                 failure = exc
                 continue
+            call.first_at = self._router.clock()
             await self._router.succeeded(target, began, stream=True)
             return events, first
         raise failure or self._router.skipped(targets)
@@ -228,11 +239,15 @@ class Gateway:
     ) -> AsyncGenerator[StreamEvent, None]:
         meter = StreamMeter()
         outcome = _Outcome(CLIENT_CLOSED, "client_closed", None)
+        last = call.first_at
         try:
             if first is not None:
                 yield self._priced(call, meter.see(first))
                 async for event in events:
+                    last = self._router.clock()
                     yield self._priced(call, meter.see(event))
+            assert call.target is not None
+            await self._router.streamed(call.target, call.first_at, last, meter.usage(call.request).output_tokens)
             if call.request.include_usage and not meter.reported:
                 # The upstream sent no usage: the caller still gets the usage chunk it asked for (an estimate).
                 yield self._priced(call, UsageReport(meter.usage(call.request)))

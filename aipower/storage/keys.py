@@ -98,6 +98,7 @@ class SqlKeyStore:
             k.tpm,
             u.rpm.label("user_rpm"),
             u.tpm.label("user_tpm"),
+            u.lifetime_topup_nanos,  # routing's free-tier check, without another query per request
         ).join_from(api_keys, users, users.c.id == k.user_id)
 
     async def find(self, digest: str) -> Caller | None:
@@ -112,6 +113,7 @@ class SqlKeyStore:
             expires_at=_utc(row.expires_at),
             allowed_models=frozenset(json.loads(row.allowed_models)) if row.allowed_models else None,
             limits=Limits(row.rpm, row.tpm, row.user_rpm, row.user_tpm),
+            lifetime_topup_nanos=row.lifetime_topup_nanos,
         )
 
 

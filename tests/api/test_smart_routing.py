@@ -12,11 +12,12 @@ import pytest
 from aipower import catalog as catalog_file
 from aipower.money import cost, usd_text
 from aipower.storage import keys as key_store
-from tests.billing_helpers import ledger_rows, on
+from tests.billing_helpers import balance_of, ledger_rows, on
 from tests.conftest import Gateway, create_key
 from tests.fakes.upstream import FakeUpstream
 
 CATALOG = catalog_file.load()
+DEMO_KEY = "sk-aipower-demo-public"
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 
 
@@ -91,3 +92,53 @@ def test_a_stream_names_the_chosen_model(gateway: Gateway, upstream: FakeUpstrea
         chunks = list(response.parse())
     assert route == "auto-free: cheapest under $0.50/M -> zhipu/glm-4-flash"
     assert {c.model for c in chunks} == {"zhipu/glm-4-flash"}
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "chosen"),
+    [
+        ("auto", "Prove that there are infinitely many primes.", "deepseek/deepseek-chat"),  # math: deepseek-reasoner
+        ("auto", "Write a haiku about the sea.", "qwen/qwen-plus"),  # creative: claude-sonnet for a paying user
+        ("auto-best", "Plan a research agenda.", "deepseek/deepseek-chat"),  # claude-opus for a paying user
+    ],
+)
+def test_a_free_tier_user_is_routed_to_a_free_model_on_a_trial_call(
+    gateway: Gateway, upstream: FakeUpstream, model: str, prompt: str, chosen: str
+) -> None:
+    email = f"free-tier-{secrets.token_hex(4)}@example.com"
+    key, _ = create_key(gateway.database_url, email, top_up=None, trial_calls=10)
+    with openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": prompt}]
+        )
+    assert raw.headers["x-aipower-model"] == chosen and CATALOG.models[chosen].free
+    assert [r.path for r in upstream.requests] == [f"/{CATALOG.models[chosen].provider}/chat/completions"]
+    assert upstream.last.json["model"] == CATALOG.models[chosen].upstream
+    assert raw.headers["x-aipower-cost"] == "0.00"
+    assert ledger_rows(gateway.database_url, email) == [(0, "trial")]
+    assert balance_of(gateway.database_url, email).trial_calls_left == 9
+
+
+def test_a_free_tier_user_asking_for_a_premium_model_by_name_still_gets_403(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    key, _ = create_key(gateway.database_url, f"free-tier-{secrets.token_hex(4)}@example.com", top_up=None)
+    with (
+        openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as client,
+        pytest.raises(openai.PermissionDeniedError) as caught,
+    ):
+        client.chat.completions.create(model="anthropic/claude-opus", messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.code == "model_not_allowed_on_free_tier"
+    assert upstream.requests == []
+
+
+def test_the_demo_key_is_routed_to_a_demo_model(gateway: Gateway, upstream: FakeUpstream) -> None:
+    with openai.OpenAI(base_url=gateway.base_url, api_key=DEMO_KEY, max_retries=0) as demo:
+        raw = demo.chat.completions.with_raw_response.create(
+            model="auto-best", messages=[{"role": "user", "content": "Plan a research agenda."}]
+        )
+    chosen = raw.headers["x-aipower-model"]
+    assert chosen in gateway.settings.demo_models and chosen == "deepseek/deepseek-chat"  # best general rank of 3
+    assert raw.headers["x-aipower-route"] == f"auto-best: best general rank -> {chosen}"
+    assert [r.path for r in upstream.requests] == ["/deepseek/chat/completions"]
+    assert raw.headers["x-aipower-cost"] == "0.00"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 from decimal import Decimal
@@ -89,7 +90,8 @@ def test_a_process_killed_mid_call_leaves_a_hold_that_repair_releases(
     assert verify(database_url) == []  # the open hold is accounted for, nothing lost
     result = run_cli(["ledger", "verify", "--repair", "--older-than", "0"], env)
     assert result.returncode == 0, result.stderr
-    assert "released 1 abandoned hold" in result.stdout
+    # Other tests of the session may have left holds open in the shared database: at least this one went.
+    assert re.search(r"released [1-9][0-9]* abandoned hold", result.stdout), result.stdout
     account = balance_of(database_url, email)
     assert (account.balance_nanos, account.held_nanos) == (1_000_000_000, 0)
     assert [r for r in ledger_rows(database_url, email) if r[1] == "usage"] == []

@@ -5,6 +5,7 @@ Time is an injectable clock: nothing sleeps.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -13,12 +14,22 @@ from aipower.catalog import Target, load
 from aipower.errors import UpstreamError
 from aipower.gateway.admission import Admission, LimitPolicy
 from aipower.gateway.deployments import resolve
-from aipower.gateway.health import Breaker, BreakerRules, MemoryHealthStore, admit, record, state
+from aipower.gateway.health import Breaker, BreakerRules, MemoryHealthStore, admit, record, record_speed, state
 from aipower.gateway.limits import LocalLimiter
 from aipower.gateway.protocols import Caller, CallOutcome
 from aipower.gateway.routing import Router
 from aipower.gateway.service import Gateway
-from aipower.messages import ChatRequest, ChatResponse, Finish, Message, Text, TextDelta, Usage
+from aipower.messages import (
+    ChatRequest,
+    ChatResponse,
+    Finish,
+    Message,
+    StreamEvent,
+    Text,
+    TextDelta,
+    Usage,
+    UsageReport,
+)
 from tests.gateway.test_service import FakeUpstream as ScriptedUpstream
 from tests.gateway.test_service import MemoryLedger, MemoryLog, Script, answer
 
@@ -121,6 +132,16 @@ async def test_an_unknown_deployment_reads_as_closed_and_untouched() -> None:
     assert (health.state, health.calls, health.ttft_ms, health.retry_in) == ("closed", 0, None, None)
 
 
+async def test_a_speed_sample_moves_only_the_tokens_per_second_average() -> None:
+    store = MemoryHealthStore(RULES, Clock())
+    await store.record(ok(ttft=0.2))
+    await store.record_speed(DEP, 80)
+    await store.record_speed(DEP, 40)  # alpha 0.5
+    health = (await store.read([DEP]))[DEP]
+    assert (health.tokens_per_s, health.ttft_ms, health.calls) == (60, pytest.approx(200), 1)
+    assert record_speed(Breaker(), 25.0, RULES).tokens_per_s == 25.0
+
+
 def test_the_pure_functions_agree_with_the_store() -> None:
     breaker = Breaker()
     for now in (1.0, 2.0, 3.0):
@@ -145,6 +166,12 @@ class SlowUpstream(ScriptedUpstream):
     async def complete(self, target: Target, request: ChatRequest) -> ChatResponse:
         self.clock.now += self.seconds
         return await super().complete(target, request)
+
+    async def stream(self, target: Target, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Each event arrives `seconds` after the one before (the first, `seconds` after the call)."""
+        async for event in super().stream(target, request):
+            self.clock.now += self.seconds
+            yield event
 
 
 def gateway_rig(
@@ -225,3 +252,38 @@ async def test_streams_record_time_to_first_token() -> None:
     assert [e async for e in session.events]
     report = {target.deployment: health for target, health in await router.report()}
     assert report[f"{DEEPSEEK}@deepseek"].ttft_ms is not None and report[f"{DEEPSEEK}@deepseek"].calls == 1
+
+
+SLOW_STREAM = (TextDelta(0, "Once"), TextDelta(0, " upon a time"), Finish(0, "stop"), UsageReport(Usage(5, 40)))
+
+
+async def test_streams_record_tokens_per_second_between_their_first_and_last_event() -> None:
+    gateway, _, router = gateway_rig({DEEPSEEK: Script(events=SLOW_STREAM)}, seconds=0.5)
+    session = await gateway.open_stream(CALLER, replace(chat(DEEPSEEK), stream=True), "s1")
+    assert len([e async for e in session.events]) == 4
+    health = {target.deployment: h for target, h in await router.report()}[f"{DEEPSEEK}@deepseek"]
+    assert health.ttft_ms == pytest.approx(500)  # the first event came 0.5s after the call
+    assert health.tokens_per_s == pytest.approx(40 / 1.5)  # 40 output tokens over the next three events' 1.5s
+    assert health.calls == 1  # the speed sample is not another attempt
+
+
+async def test_a_stream_the_caller_leaves_records_no_speed() -> None:
+    gateway, _, router = gateway_rig({DEEPSEEK: Script(events=SLOW_STREAM)}, seconds=0.5)
+    session = await gateway.open_stream(CALLER, replace(chat(DEEPSEEK), stream=True), "s1")
+    assert isinstance(await anext(session.events), TextDelta)
+    await session.events.aclose()
+    health = {target.deployment: h for target, h in await router.report()}[f"{DEEPSEEK}@deepseek"]
+    assert (health.ttft_ms is not None, health.tokens_per_s) == (True, None)
+
+
+async def test_auto_fast_ranks_by_measured_stream_speed_over_the_catalog_priors() -> None:
+    """Priors: glm-4-flash 0.5s + 512/100 = 5.6s beats doubao 0.6s + 512/80 = 7.0s. Measured: glm-4-flash's
+    streams make 40 tokens in 1.5s (0.5s + 512/26.7 = 19.7s), so auto-fast moves to doubao."""
+    scripts = {ZHIPU: Script(events=SLOW_STREAM), DOUBAO: Script(events=SLOW_STREAM)}
+    gateway, upstream, _ = gateway_rig(scripts, seconds=0.5)
+    fast = replace(chat("auto-fast"), stream=True)
+    first = await gateway.open_stream(CALLER, fast, "s1")
+    assert first.model.id == ZHIPU and [e async for e in first.events]
+    second = await gateway.open_stream(CALLER, fast, "s2")
+    assert second.model.id == DOUBAO and second.route == f"auto-fast: lowest latency -> {DOUBAO}"
+    assert [e async for e in second.events] and upstream.calls == [ZHIPU, DOUBAO]

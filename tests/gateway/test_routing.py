@@ -16,12 +16,15 @@ import pytest
 from aipower.catalog import Catalog, DeploymentSpec, Target, load
 from aipower.errors import ModelNotFound, ProviderNotConfigured, UpstreamUnavailable
 from aipower.gateway.deployments import resolve
-from aipower.gateway.protocols import DeploymentHealth
-from aipower.gateway.routing import Deployments, Needs, Plan, RoutingContext, plan
+from aipower.gateway.protocols import Caller, DeploymentHealth
+from aipower.gateway.routing import Deployments, Needs, Plan, Router, RoutingContext, plan
 from aipower.messages import ChatRequest, Image, Message, ResponseFormat, Text, Tool
 
 WIRES = {"openai", "anthropic", "gemini"}
 FREE = frozenset({"zhipu/glm-4-flash", "doubao/doubao-pro-256k", "qwen/qwen-turbo", "qwen/qwen-plus"})
+DEMO = frozenset({"deepseek/deepseek-chat", "qwen/qwen-turbo", "zhipu/glm-4-flash"})  # Settings.demo_models
+FREE_TIER = RoutingContext(free_only=True)
+DEMO_KEY = RoutingContext(allowed=DEMO)  # what Router.plan makes of the demo key
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +125,24 @@ TABLE: list[tuple[str, ChatRequest, RoutingContext, str]] = [
     ("auto", req("auto", "word " * 60_000), RoutingContext(), "google/gemini-2.5-flash"),
     ("auto", req("auto", CODE), RoutingContext(free_only=True), "deepseek/deepseek-chat"),
     ("auto", req("auto", "Write a haiku about the sea."), RoutingContext(free_only=True), "qwen/qwen-plus"),
+    # Every smart id for a free-tier user and for the demo key. auto-best names no free or demo model: it picks
+    # the best-ranked model the caller may use instead of answering 503.
+    ("auto-cheap", req("auto-cheap"), FREE_TIER, "zhipu/glm-4-flash"),
+    ("auto-cheap", req("auto-cheap", max_tokens=6000), FREE_TIER, "qwen/qwen-turbo"),
+    ("auto-best", req("auto-best"), FREE_TIER, "deepseek/deepseek-chat"),
+    ("auto-best", req("auto-best"), replace(FREE_TIER, health=opened("deepseek/deepseek-chat")), "qwen/qwen-plus"),
+    ("auto-best", req("auto-best", "y" * 600_000), FREE_TIER, "doubao/doubao-pro-256k"),  # 150K tokens
+    ("auto-fast", req("auto-fast", max_tokens=4000), FREE_TIER, "qwen/qwen-turbo"),
+    ("auto", req("auto", "What should I cook tonight?"), FREE_TIER, "deepseek/deepseek-chat"),
+    ("auto", req("auto", "Prove that there are infinitely many prime numbers."), FREE_TIER, "deepseek/deepseek-chat"),
+    ("auto-cheap", req("auto-cheap"), DEMO_KEY, "zhipu/glm-4-flash"),
+    ("auto-free", req("auto-free"), DEMO_KEY, "zhipu/glm-4-flash"),
+    ("auto-best", req("auto-best"), DEMO_KEY, "deepseek/deepseek-chat"),
+    ("auto-code", req("auto-code", CODE), DEMO_KEY, "deepseek/deepseek-chat"),
+    ("auto-fast", req("auto-fast"), DEMO_KEY, "qwen/qwen-turbo"),
+    ("auto", req("auto", "What should I cook tonight?"), DEMO_KEY, "deepseek/deepseek-chat"),
+    ("auto", req("auto", "Write a haiku about the sea."), DEMO_KEY, "deepseek/deepseek-chat"),
+    ("auto", req("auto", CODE), DEMO_KEY, "deepseek/deepseek-chat"),
 ]
 
 
@@ -135,13 +156,40 @@ def test_routing_table(
     for target in planned.targets:
         assert Needs.of(request_).fit(target.model)
         assert context.allowed is None or target.model.id in context.allowed
+        assert target.model.free or not context.free_only
         assert target.deployment not in context.health or context.health[target.deployment].state != "open"
 
 
 def test_free_only_plans_only_free_models(catalog: Catalog) -> None:
-    for route in ("auto", "auto-cheap", "auto-free", "auto-fast"):
+    for route in catalog.routes:
         planned = plan(req(route), deployed(catalog), RoutingContext(free_only=True))
-        assert all(t.model.free for t in planned.targets), route
+        assert planned.targets and all(t.model.free for t in planned.targets), route
+
+
+def test_the_demo_list_plans_only_demo_models(catalog: Catalog) -> None:
+    for route in catalog.routes:
+        planned = plan(req(route), deployed(catalog), DEMO_KEY)
+        assert planned.targets and {t.model.id for t in planned.targets} <= DEMO, route
+
+
+def test_a_route_whose_candidates_the_caller_may_not_use_picks_among_what_it_may(catalog: Catalog) -> None:
+    allowed = RoutingContext(allowed=frozenset({"qwen/qwen-turbo", "doubao/doubao-pro-256k"}))
+    best = plan(req("auto-best"), deployed(catalog), allowed)
+    assert ids(best.targets) == ["doubao/doubao-pro-256k", "qwen/qwen-turbo"]  # general rank 64, then 62
+    one_candidate = RoutingContext(allowed=frozenset({"qwen/qwen-turbo", "anthropic/claude-sonnet"}))
+    assert ids(plan(req("auto-best"), deployed(catalog), one_candidate).targets) == ["anthropic/claude-sonnet"]
+
+
+async def test_the_router_narrows_smart_routes_for_the_demo_key_and_the_free_tier(catalog: Catalog) -> None:
+    router = Router(deployed(catalog), rng=random.Random(1))
+    caller = Caller(key_id="k", user_id=1, allowed_models=frozenset({"qwen/qwen-turbo", "openai/gpt-5"}))
+    assert ids((await router.plan(req("auto-best"), caller)).targets) == ["openai/gpt-5"]
+    demo = await router.plan(req("auto-best"), caller, demo_models=DEMO)  # the allow-list and the demo list
+    assert ids(demo.targets) == ["qwen/qwen-turbo"]
+    free = await router.plan(req("auto-best"), Caller(key_id="k", user_id=1), free_only=True)
+    assert ids(free.targets)[0] == "deepseek/deepseek-chat" and all(t.model.free for t in free.targets)
+    plain = await router.plan(req("openai/gpt-5"), Caller(key_id="k", user_id=1), demo_models=DEMO)
+    assert ids(plain.targets) == ["openai/gpt-5"]  # a plain id stays: the demo check answers it with a 403
 
 
 @pytest.mark.parametrize(
@@ -149,7 +197,6 @@ def test_free_only_plans_only_free_models(catalog: Catalog) -> None:
     [
         ("auto-free", req("auto-free"), RoutingContext(allowed=frozenset({"openai/gpt-4o-mini"}))),
         ("auto-free", req("auto-free", image=True), RoutingContext()),  # no free model sees images
-        ("auto-best", req("auto-best"), RoutingContext(free_only=True)),
         ("auto-cheap", req("auto-cheap", "z" * 5_000_000), RoutingContext()),  # bigger than every context window
     ],
 )

@@ -1,0 +1,261 @@
+"""The ledger's statements and the one transaction that runs a batch of holds and settlements. Storage layer.
+
+Everything here is synchronous SQLAlchemy Core on one `Connection`, so one batch is one transaction and (on
+SQLite) one hop to the writer thread; PostgreSQL runs the same function through `AsyncConnection.run_sync`.
+Statements are built once with bind parameters, so a call only binds values. Every reserve is still its own
+guarded UPDATE (`... WHERE balance >= :amount`), and every hold is closed at most once (`settled_at IS NULL`,
+checked under the transaction's write lock), whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, case, insert, select, update
+
+from aipower import money
+from aipower.errors import GatewayError, InsufficientCredit, PermissionDenied
+from aipower.gateway.protocols import Hold, HoldRequest, Settlement
+from aipower.storage.request_log import row_of
+from aipower.storage.tables import api_keys, holds, ledger, request_log, users
+
+u, k, h = users.c, api_keys.c, holds.c
+_SPENT_TODAY = case((u.spend_day == bindparam("p_day"), u.spend_day_nanos), else_=0)
+TAKE_BALANCE = (
+    update(users)
+    .where(
+        u.id == bindparam("p_uid"),
+        u.balance_nanos >= bindparam("p_amount"),
+        (u.daily_cap_nanos.is_(None)) | (_SPENT_TODAY + bindparam("p_amount") <= u.daily_cap_nanos),
+    )
+    .values(
+        balance_nanos=u.balance_nanos - bindparam("p_amount"),
+        spend_day_nanos=_SPENT_TODAY + bindparam("p_amount"),
+        spend_day=bindparam("p_day"),
+    )
+)
+TAKE_KEY_BUDGET = (
+    update(api_keys)
+    .where(
+        k.id == bindparam("p_kid"),
+        (k.spend_limit_nanos.is_(None)) | (k.spent_nanos + bindparam("p_amount") <= k.spend_limit_nanos),
+    )
+    .values(spent_nanos=k.spent_nanos + bindparam("p_amount"))
+)
+TAKE_TRIAL = (
+    update(users)
+    .where(u.id == bindparam("p_uid"), u.trial_calls_left > 0)
+    .values(trial_calls_left=u.trial_calls_left - 1)
+)
+GIVE_TRIAL = update(users).where(u.id == bindparam("p_uid")).values(trial_calls_left=u.trial_calls_left + 1)
+TOPUPS = select(u.lifetime_topup_nanos).where(u.id == bindparam("p_uid"))
+ACCOUNT = select(u.balance_nanos, u.spend_day, u.spend_day_nanos, u.daily_cap_nanos).where(u.id == bindparam("p_uid"))
+BALANCE_FOR_UPDATE = select(u.balance_nanos).where(u.id == bindparam("p_uid")).with_for_update()
+# `delta` goes back to the balance (negative: taken beyond the hold) and off the day's and the key's spend.
+RETURN_TO_USER = (
+    update(users)
+    .where(u.id == bindparam("p_uid"))
+    .values(
+        balance_nanos=u.balance_nanos + bindparam("p_delta"),
+        spend_day_nanos=case(
+            (u.spend_day == bindparam("p_day"), u.spend_day_nanos - bindparam("p_delta")), else_=u.spend_day_nanos
+        ),
+    )
+)
+RETURN_TO_KEY = (
+    update(api_keys).where(k.id == bindparam("p_kid")).values(spent_nanos=k.spent_nanos - bindparam("p_delta"))
+)
+OPEN_HOLDS = select(h.id).where(h.id.in_(bindparam("p_ids", expanding=True)), h.settled_at.is_(None)).with_for_update()
+CLOSE_HOLD = (
+    update(holds)
+    .where(h.id == bindparam("p_hid"), h.settled_at.is_(None))
+    .values(settled_at=bindparam("p_now"), charged_nanos=bindparam("p_charged"))
+)
+STAMP_KEY = update(api_keys).where(k.id == bindparam("p_kid")).values(last_used_at=bindparam("p_now"))
+INSERT_HOLD = insert(holds)
+INSERT_LEDGER = insert(ledger)
+INSERT_LOG = insert(request_log)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Settle a hold at no charge and without a log row: its caller went away, or its process died."""
+
+    hold: Hold
+    request_id: str
+    note: str
+
+
+@dataclass(slots=True)
+class _Writes:
+    """Rows a batch writes with one executemany each, just before it commits."""
+
+    now: dt.datetime
+    holds: list[dict[str, Any]] = field(default_factory=list)
+    closed: list[dict[str, Any]] = field(default_factory=list)
+    to_users: list[dict[str, Any]] = field(default_factory=list)
+    to_keys: list[dict[str, Any]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    stamps: dict[str, dt.datetime] = field(default_factory=dict)
+
+    def flush_balances(self, conn: Connection) -> None:
+        if self.to_users:
+            conn.execute(RETURN_TO_USER, self.to_users)
+            self.to_users = []
+
+    def flush(self, conn: Connection) -> None:
+        self.flush_balances(conn)
+        for statement, rows in (
+            (INSERT_HOLD, self.holds),
+            (CLOSE_HOLD, self.closed),
+            (RETURN_TO_KEY, self.to_keys),
+            (INSERT_LEDGER, self.ledger),
+            (INSERT_LOG, self.log),
+        ):
+            if rows:
+                conn.execute(statement, rows)
+        if self.stamps:
+            conn.execute(STAMP_KEY, [{"p_kid": kid, "p_now": at} for kid, at in self.stamps.items()])
+
+
+Settle = Settlement | Release
+Result = Hold | int | GatewayError | None  # None: the hold was already settled
+
+
+def run_batch(
+    conn: Connection, settles: Sequence[Settle], reserves: Sequence[tuple[HoldRequest, Hold]]
+) -> list[Result]:
+    """Settle, then reserve, in one transaction; one result per operation (settles first), in order.
+
+    A refused reserve (402/403) is its result, not an exception: it changed nothing, and the batch goes on.
+    """
+    writes = _Writes(dt.datetime.now(dt.UTC))
+    results: list[Result] = list(_settle_all(conn, settles, writes))
+    results.extend(_reserve(conn, request, hold, writes) for request, hold in reserves)
+    writes.flush(conn)
+    return results
+
+
+def _reserve(conn: Connection, request: HoldRequest, hold: Hold, writes: _Writes) -> Hold | GatewayError:
+    try:
+        if not request.demo:
+            if request.unlock_nanos is not None:
+                _require_unlocked(conn, request)
+            if request.trial_eligible and conn.execute(TAKE_TRIAL, {"p_uid": request.user_id}).rowcount == 1:
+                hold = Hold(hold.id, hold.user_id, hold.key_id, 0, "trial", hold.day)
+            else:
+                _take_balance(conn, request, hold.day)
+    except GatewayError as refused:
+        return refused
+    writes.holds.append(
+        {"id": hold.id, "user_id": hold.user_id, "key_id": hold.key_id, "request_id": request.request_id,
+         "amount_nanos": hold.amount, "mode": hold.mode, "spend_day": hold.day, "created_at": writes.now}
+    )  # fmt: skip
+    return hold
+
+
+def _require_unlocked(conn: Connection, request: HoldRequest) -> None:
+    topups = conn.execute(TOPUPS, {"p_uid": request.user_id}).scalar_one()
+    if request.unlock_nanos is not None and topups < request.unlock_nanos:
+        raise PermissionDenied(
+            f"This model is not available on the free tier. It unlocks once your top-ups reach "
+            f"${money.usd_text(request.unlock_nanos)} (so far ${money.usd_text(topups)}); the free tier "
+            "covers the low-cost models marked free_tier in GET /v1/models.",
+            code="model_not_allowed_on_free_tier",
+            param="model",
+        )
+
+
+def _take_balance(conn: Connection, request: HoldRequest, day: str) -> None:
+    """The guarded balance UPDATE, then the key's spend limit (undoing the first if the second refuses)."""
+    amount = request.amount
+    if conn.execute(TAKE_BALANCE, {"p_uid": request.user_id, "p_amount": amount, "p_day": day}).rowcount != 1:
+        raise _refusal(conn, request, day)
+    if conn.execute(TAKE_KEY_BUDGET, {"p_kid": request.key_id, "p_amount": amount}).rowcount == 1:
+        return
+    conn.execute(RETURN_TO_USER, {"p_uid": request.user_id, "p_delta": amount, "p_day": day})
+    raise InsufficientCredit(
+        f"This API key has reached its spend limit (this request may cost up to "
+        f"${money.usd_text(amount)}). Ask the operator to raise it, or use another key.",
+        code="key_spend_limit_reached",
+    )
+
+
+def _refusal(conn: Connection, request: HoldRequest, day: str) -> InsufficientCredit:
+    row = conn.execute(ACCOUNT, {"p_uid": request.user_id}).one()
+    if row.balance_nanos < request.amount:
+        return InsufficientCredit(
+            f"Insufficient credits: your balance is ${money.usd_text(row.balance_nanos)} and this request may cost "
+            f"up to ${money.usd_text(request.amount)} (prompt estimate plus max_tokens). Top up, or lower max_tokens.",
+            code="insufficient_credits",
+        )
+    spent = row.spend_day_nanos if row.spend_day == day else 0
+    return InsufficientCredit(
+        f"Daily spending cap reached: today (UTC) you have spent ${money.usd_text(spent)} of your "
+        f"${money.usd_text(row.daily_cap_nanos)} cap and this request may cost up to "
+        f"${money.usd_text(request.amount)}. The cap resets at 00:00 UTC.",
+        code="daily_cap_reached",
+    )
+
+
+def _settle_all(conn: Connection, settles: Sequence[Settle], writes: _Writes) -> list[int | None]:
+    if not settles:
+        return []
+    ids = list({s.hold.id for s in settles})
+    still_open = set(conn.execute(OPEN_HOLDS, {"p_ids": ids}).scalars())
+    charges: list[int | None] = []
+    for item in settles:
+        if item.hold.id not in still_open:
+            charges.append(None)  # already settled (e.g. by repair): never charge twice
+            continue
+        still_open.discard(item.hold.id)
+        charges.append(_settle_one(conn, item, writes))
+    return charges
+
+
+def _settle_one(conn: Connection, item: Settle, writes: _Writes) -> int:
+    if isinstance(item, Release):
+        charged = _move(conn, item.hold, 0, False, item.request_id, item.note, writes)
+    else:
+        entry = item.entry
+        charged = _move(conn, item.hold, item.charge, item.succeeded, entry.request_id, entry.model, writes)
+        row = row_of(entry)
+        row["charged_nanos"] = charged
+        writes.log.append(row)
+        writes.stamps[item.hold.key_id] = writes.now
+    writes.closed.append({"p_hid": item.hold.id, "p_now": writes.now, "p_charged": charged})
+    return charged
+
+
+def _move(conn: Connection, hold: Hold, charge: int, succeeded: bool, request_id: str, note: str, w: _Writes) -> int:
+    """Move the hold's money: charge (at most hold + what the balance has), release the rest. Returns the charge."""
+    if hold.mode == "demo":
+        return 0
+    if hold.mode == "trial":
+        if succeeded:
+            w.ledger.append(_ledger_row(hold.user_id, 0, "trial", request_id, "free trial call", w.now))
+        else:
+            conn.execute(GIVE_TRIAL, {"p_uid": hold.user_id})
+        return 0
+    extra = 0
+    if charge > hold.amount:
+        w.flush_balances(conn)  # the balance read below must see this batch's earlier refunds
+        balance = conn.execute(BALANCE_FOR_UPDATE, {"p_uid": hold.user_id}).scalar_one()
+        extra = min(charge - hold.amount, balance)
+    charged = min(charge, hold.amount) + extra
+    delta = hold.amount - charged
+    if delta:
+        w.to_users.append({"p_uid": hold.user_id, "p_delta": delta, "p_day": hold.day})
+        w.to_keys.append({"p_kid": hold.key_id, "p_delta": delta})
+    if charged:
+        w.ledger.append(_ledger_row(hold.user_id, -charged, "usage", request_id, note, w.now))
+    return charged
+
+
+def _ledger_row(user_id: int, amount: int, reason: str, request_id: str, note: str, now: dt.datetime) -> dict[str, Any]:
+    return {"user_id": user_id, "amount_nanos": amount, "reason": reason, "request_id": request_id, "note": note,
+            "created_at": now}  # fmt: skip

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,12 +30,15 @@ from aipower.providers import WIRE_FORMATS
 from aipower.providers.client import ProviderClient
 from aipower.providers.transport import Timeouts, Transport
 from aipower.settings import Settings, from_environ
-from aipower.storage import db, keys, redis_health, redis_limits
+from aipower.storage import db, keys
 from aipower.storage.keys import SqlKeyStore
 from aipower.storage.ledger import SqlLedger
 from aipower.storage.reports import SqlAccountReader
 from aipower.storage.request_log import BufferedRequestLog
 from aipower.storage.responses import SqlResponseStore
+
+if TYPE_CHECKING:  # redis is imported only when AIPOWER_REDIS_URL is set: ~6 MiB a process does not need otherwise
+    from redis.asyncio import Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ def create_app(settings: Settings) -> Starlette:
     timeouts = Timeouts(settings.connect_timeout, settings.first_byte_timeout, settings.stream_idle_timeout)
     transport = Transport(timeouts, settings.upstream_max_connections)
     request_log = BufferedRequestLog(engine)
-    redis = redis_limits.connect(settings.redis_url) if settings.redis_url else None
+    redis = _connect_redis(settings.redis_url) if settings.redis_url else None
     services = Services(engine, transport, request_log, deployments, redis, settings.demo_key, SqlLedger(engine))
     limiter = _limiter(settings, redis)
     upstream = ProviderClient(deployments.catalog, transport)
@@ -105,10 +108,18 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
+def _connect_redis(url: str) -> Redis:
+    from aipower.storage import redis_limits  # lazy: see TYPE_CHECKING above
+
+    return redis_limits.connect(url)
+
+
 def _limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
     """Redis-backed limits shared by every replica when configured; this process's own counters otherwise."""
     if redis is None:
         return LocalLimiter()
+    from aipower.storage import redis_limits  # lazy: see TYPE_CHECKING above
+
     return redis_limits.FallbackLimiter(
         redis_limits.RedisLimiter(redis, settings.redis_prefix), settings.redis_failure_policy
     )
@@ -119,6 +130,8 @@ def _router(settings: Settings, deployments: Deployments, redis: Redis | None) -
     rules = BreakerRules(settings.breaker_failures, settings.breaker_cooldown)
     health: HealthStore = MemoryHealthStore(rules)
     if redis is not None:
+        from aipower.storage import redis_health  # lazy: see TYPE_CHECKING above
+
         shared = redis_health.RedisHealthStore(redis, settings.redis_prefix, rules)
         health = redis_health.FallbackHealthStore(shared, MemoryHealthStore(rules))
     return Router(deployments, health, budget=settings.failover_budget)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import subprocess
 import time
@@ -36,14 +37,29 @@ def plan_cpus() -> Placement:
     return Placement(frozenset({first}), frozenset({gateway}), frozenset(rest or [first]))
 
 
-def _pin(cpus: frozenset[int]) -> Callable[[], None] | None:
-    if not cpus:
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file limit to `wanted` (root may also raise the hard limit); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted > hard:
+        with contextlib.suppress(ValueError, OSError):  # not root: stay at the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    target = max(soft, min(wanted, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def _prepare(cpus: frozenset[int], nofile: int | None) -> Callable[[], None] | None:
+    if not cpus and nofile is None:
         return None
 
-    def pin() -> None:  # runs in the child before exec, so every thread it starts inherits the mask
-        os.sched_setaffinity(0, cpus)
+    def prepare() -> None:  # runs in the child before exec, so every thread it starts inherits the mask
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if nofile is not None:
+            raise_nofile(nofile)
 
-    return pin
+    return prepare
 
 
 def spawn(
@@ -53,8 +69,10 @@ def spawn(
     stdin: int | None = None,
     stdout: int | IO[str] | None = subprocess.PIPE,
     cwd: Path | None = None,
+    nofile: int | None = None,
 ) -> subprocess.Popen[str]:
-    """Start `argv` pinned to `cpus`; stderr goes where `stdout` goes unless that is a pipe."""
+    """Start `argv` pinned to `cpus` (and with `nofile` open files allowed); stderr goes where `stdout` goes
+    unless that is a pipe."""
     return subprocess.Popen(
         list(argv),
         env=dict(env) if env is not None else None,
@@ -63,7 +81,7 @@ def spawn(
         stderr=None if stdout == subprocess.PIPE else subprocess.STDOUT,
         text=True,
         cwd=cwd,
-        preexec_fn=_pin(cpus),
+        preexec_fn=_prepare(cpus, nofile),
     )
 
 
@@ -144,6 +162,24 @@ def rss_bytes(pids: Sequence[int]) -> int:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
     return total
+
+
+def open_fds(pids: Sequence[int]) -> int:
+    """Open file descriptors of these processes (sockets included)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += sum(1 for _ in (_PROC / str(pid) / "fd").iterdir())
+    return total
+
+
+def nofile_limit(pid: int) -> int | None:
+    """The soft open-file limit of a running process (from /proc/<pid>/limits)."""
+    with contextlib.suppress(OSError):
+        for line in (_PROC / str(pid) / "limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
 
 
 def listener_pid(port: int) -> int | None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
+import os
+import platform
 import statistics
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench.load import PhaseResult
+
+RESULTS = Path(__file__).parent / "results"
 
 Value = float | None
 
@@ -100,3 +111,44 @@ def errors(by_phase: Mapping[str, Sequence[PhaseResult]]) -> list[str]:
             first = next(r.first_error for r in results if r.first_error)
             found.append(f"{name}: {count} errors, first: {first}")
     return found
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPUs, Python, OS, and which aipower tree was measured.
+
+    `BENCH_COMMIT` names the commit when the tree is an extracted copy (git archive) outside the repository.
+    """
+    spec = importlib.util.find_spec("aipower")
+    source = Path(spec.origin).parent if spec is not None and spec.origin else None
+    where = source.parent if source is not None else RESULTS.parent
+    git = ["git", "-C", str(where)]
+    done = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "aipower"], capture_output=True, text=True, check=False
+    )
+    commit = os.environ.get("BENCH_COMMIT") or (done.stdout.strip() if done.returncode == 0 else None)
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "aipower_source": str(source),
+        "commit": commit,
+        "aipower_tree_modified": bool(dirty.stdout.strip()) if done.returncode == 0 else None,
+    }
+
+
+def write_json(document: Mapping[str, Any], started: dt.datetime, scenario: str = "") -> Path:
+    """bench/results/<UTC start>[-<scenario>].json (gitignored)."""
+    RESULTS.mkdir(exist_ok=True)
+    suffix = f"-{scenario}" if scenario else ""
+    path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def render_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of ready-made cells; the first column left-aligned, the rest right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

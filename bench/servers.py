@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,9 +43,16 @@ def _read_line(stream: IO[str], timeout: float, what: str) -> str:
     return line
 
 
-def start_upstream(stack: contextlib.ExitStack, cpus: frozenset[int], port: int) -> tuple[int, int]:
-    """The fake upstream in its own process; returns (pid, port)."""
-    process = procs.spawn([sys.executable, "-m", "bench.upstream", "--port", str(port)], cpus)
+def start_upstream(
+    stack: contextlib.ExitStack,
+    cpus: frozenset[int],
+    port: int,
+    extra: Sequence[str] = (),
+    nofile: int | None = None,
+) -> tuple[int, int]:
+    """The fake upstream in its own process (`extra`: more bench.upstream flags); returns (pid, port)."""
+    argv = [sys.executable, "-m", "bench.upstream", "--port", str(port), *extra]
+    process = procs.spawn(argv, cpus, nofile=nofile)
     stack.callback(procs.stop, process)
     assert process.stdout is not None
     line = _read_line(process.stdout, 15, "the fake upstream")
@@ -80,27 +88,58 @@ def _cli(*args: str, env: dict[str, str], cwd: Path, optional: bool = False) -> 
     return done.stdout
 
 
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """How to start `aipower serve`: extra environment (e.g. AIPOWER_DATABASE_URL), workers, the open-file
+    limit, and `prepare`, run with the gateway's environment after the bench user and key exist and before
+    the server starts (the history scenario fills the database there)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    nofile: int | None = None
+    prepare: Callable[[dict[str, str]], None] | None = None
+
+
 def start_aipower(
-    stack: contextlib.ExitStack, cpus: frozenset[int], workdir: Path, upstream_port: int, extra_env: dict[str, str]
+    stack: contextlib.ExitStack,
+    cpus: frozenset[int],
+    workdir: Path,
+    upstream_port: int,
+    options: ServeOptions | None = None,
 ) -> Gateway:
-    """`aipower serve` with one worker on a fresh SQLite database, plus a user and a key made with the CLI."""
+    """`aipower serve` on a fresh database (SQLite unless options.env says otherwise), plus a user and a key
+    made with the CLI."""
+    options = options or ServeOptions()
     port = procs.free_port()
-    env = _gateway_env(workdir, port, upstream_port) | extra_env
+    env = _gateway_env(workdir, port, upstream_port) | options.env
     _cli("users", "create", BENCH_EMAIL, env=env, cwd=workdir)
     key = _cli("keys", "create", BENCH_EMAIL, env=env, cwd=workdir).strip().splitlines()[-1]
     # Prepaid billing refuses a zero balance (402): top the bench user up, where the CLI has the command.
     _cli("credits", "add", BENCH_EMAIL, BENCH_CREDIT_USD, env=env, cwd=workdir, optional=True)
+    if options.prepare is not None:
+        options.prepare(env)
     log = stack.enter_context((workdir / "serve.log").open("w"))
-    argv = [sys.executable, "-m", "aipower", "serve", "--port", str(port), "--workers", "1"]
-    process = procs.spawn(argv, cpus, env=env, stdout=log, cwd=workdir)  # cwd: no ./aipower-data, no ./aipower
+    argv = [sys.executable, "-m", "aipower", "serve", "--port", str(port), "--workers", str(options.workers)]
+    # cwd: no ./aipower-data, no ./aipower
+    process = procs.spawn(argv, cpus, env=env, stdout=log, cwd=workdir, nofile=options.nofile)
     stack.callback(procs.stop, process)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}/health", process, 30)
+        _wait_healthy(f"http://127.0.0.1:{port}/health", process, 60)
+        _wait_workers(process.pid, options.workers, 30)
     except RuntimeError:
         log.flush()
         sys.stderr.write((workdir / "serve.log").read_text()[-2000:])
         raise
     return Gateway(f"http://127.0.0.1:{port}/v1", key, procs.tree(process.pid))
+
+
+def _wait_workers(pid: int, workers: int, timeout: float) -> None:
+    """With --workers N, uvicorn's supervisor forks N children (plus multiprocessing's resource tracker)."""
+    deadline = time.monotonic() + timeout
+    while workers > 1 and len(procs.tree(pid)) < workers + 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"aipower serve did not start {workers} workers within {timeout:g}s")
+        time.sleep(0.1)
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[str], timeout: float) -> None:

@@ -3,6 +3,10 @@
 Every POST (any path) gets a fixed chat.completion with usage; `"stream": true` gets 20 chat.completion.chunk
 frames, a usage chunk and `data: [DONE]` (chunked transfer encoding, one write per frame). Connections are
 kept alive. Run it alone with `python -m bench.upstream --port 9911`; it prints `listening <port>` when ready.
+
+With `--chunk-interval 1 --hold 10` (the slow-streams scenario) a stream instead sends one content chunk a
+second and ends (finish, usage, [DONE]) once `--hold` seconds have passed since the *latest* stream began, so
+streams opened during a ramp all stay open together for at least `--hold` seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -78,17 +84,58 @@ _STREAM_HEAD = (
 )
 _STREAM_FRAMES = _stream_frames()
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+_SLOW_LIMIT = 900.0  # seconds: a slow stream ends by then whatever else happens (every loop bounded)
+
+
+@dataclass(slots=True)
+class SlowStreams:
+    """Shared by all connections in slow mode: when the latest stream began, and how many are open."""
+
+    interval: float
+    hold: float
+    last_start: float = 0.0
+    open: int = 0
+
+
+class _SlowStream:
+    """One slow stream: a content chunk every `interval` seconds until `hold` seconds after the latest start."""
+
+    __slots__ = ("_began", "_count", "_protocol", "_slow", "_transport")
+
+    def __init__(self, protocol: UpstreamProtocol, transport: asyncio.Transport, slow: SlowStreams) -> None:
+        self._protocol, self._transport, self._slow = protocol, transport, slow
+        self._began = slow.last_start = time.monotonic()
+        self._count = 0
+        slow.open += 1
+        transport.write(_STREAM_HEAD)
+        self._tick()
+
+    def _tick(self) -> None:
+        if self._transport.is_closing():
+            self._slow.open -= 1
+            return
+        now = time.monotonic()
+        if self._count > 0 and (now - self._slow.last_start >= self._slow.hold or now - self._began > _SLOW_LIMIT):
+            for frame in _STREAM_FRAMES[STREAM_CHUNKS - 1 :]:  # the finish chunk, usage, [DONE], terminator
+                self._transport.write(frame)
+            self._slow.open -= 1
+            self._protocol.finished()
+            return
+        self._transport.write(_STREAM_FRAMES[min(self._count, STREAM_CHUNKS - 2)])
+        self._count += 1
+        asyncio.get_running_loop().call_later(self._slow.interval, self._tick)
 
 
 class UpstreamProtocol(asyncio.Protocol):
     """One keep-alive connection: parse requests with httptools, answer each from precomputed bytes."""
 
-    __slots__ = ("_body", "_parser", "_transport")
+    __slots__ = ("_body", "_parser", "_slow", "_transport")
 
-    def __init__(self) -> None:
+    def __init__(self, slow: SlowStreams | None = None) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._body: list[bytes] = []
         self._transport: asyncio.Transport | None = None
+        self._slow = slow
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -113,13 +160,19 @@ class UpstreamProtocol(asyncio.Protocol):
         if self._parser.get_method() != b"POST":
             transport.write(_NOT_FOUND)
         elif _wants_stream(b"".join(self._body)):
+            if self._slow is not None:
+                _SlowStream(self, transport, self._slow)
+                return  # it calls finished() when done
             transport.write(_STREAM_HEAD)
             for frame in _STREAM_FRAMES:
                 transport.write(frame)
         else:
             transport.write(_JSON_RESPONSE)
-        if not self._parser.should_keep_alive():
-            transport.close()
+        self.finished()
+
+    def finished(self) -> None:
+        if self._transport is not None and not self._parser.should_keep_alive():
+            self._transport.close()
 
 
 def _wants_stream(body: bytes) -> bool:
@@ -131,9 +184,9 @@ def _wants_stream(body: bytes) -> bool:
         return False
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, slow: SlowStreams | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(UpstreamProtocol, host, port, backlog=4096)
+    server = await loop.create_server(lambda: UpstreamProtocol(slow), host, port, backlog=4096)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -147,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.upstream", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
+    parser.add_argument("--chunk-interval", type=float, default=0.0, help="slow streams: seconds between chunks")
+    parser.add_argument("--hold", type=float, default=10.0, help="slow streams: seconds after the latest start [10]")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.host, args.port))
+    slow = SlowStreams(args.chunk_interval, args.hold) if args.chunk_interval > 0 else None
+    uvloop.run(serve(args.host, args.port, slow))
     sys.stdout.flush()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncGenerator
 
@@ -23,7 +22,7 @@ async def chat_completions(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     caller = await ctx.auth.caller(request)
     chat = wire.parse_request(await read_body(request, ctx.max_body_bytes))
-    response_id = "chatcmpl-" + secrets.token_hex(12)
+    response_id = ctx.response_ids.next()
     created = int(time.time())
     if chat.stream:
         session = await ctx.gateway.open_stream(caller, chat, response_id)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -13,7 +16,7 @@ from starlette.applications import Starlette
 from aipower import settings as settings_module
 from aipower.app import build_deployments, create_app
 from aipower.settings import Settings
-from aipower.storage import accounts, db, ledger, redis_limits
+from aipower.storage import accounts, db, ledger
 
 
 @click.command()
@@ -38,7 +41,7 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
             f"enforce its own rate limits, multiplying them by {settings.workers}. Start Redis and set "
             "AIPOWER_REDIS_URL=redis://127.0.0.1:6379/0, or run one worker per process behind a balancer."
         )
-    db.upgrade(settings.database_url)
+    _migrate(settings)
     released = asyncio.run(_release_stale_holds(settings))
     _announce(settings)
     if released:
@@ -62,6 +65,15 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
     )
 
 
+def _migrate(settings: Settings) -> None:
+    """`aipower db upgrade` in a child process: the server itself never imports Alembic (~11 MiB of RSS)."""
+    argv = [sys.executable, "-m", "aipower", "db", "upgrade"]
+    env = {**os.environ, "AIPOWER_DATABASE_URL": settings.database_url}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise click.ClickException(f"could not migrate {db.describe(settings.database_url)}:\n{done.stderr.strip()}")
+
+
 async def _release_stale_holds(settings: Settings) -> int:
     """Holds older than any call can last belong to a process that died mid-call: release them, no charge."""
     engine = db.make_engine(settings.database_url)
@@ -79,7 +91,11 @@ def _announce(settings: Settings) -> None:
     missing = [p for pid, p in catalog.providers.items() if pid not in ready]
     click.echo(f"aipower listening on http://{settings.host}:{settings.port}/v1 ({settings.workers} worker(s))")
     click.echo(f"database: {db.describe(settings.database_url)}")
-    limits = f"Redis {redis_limits.describe(settings.redis_url)}" if settings.redis_url else "in-process"
+    limits = "in-process"
+    if settings.redis_url:
+        from aipower.storage import redis_limits  # only then: redis is ~6 MiB a server without it does not need
+
+        limits = f"Redis {redis_limits.describe(settings.redis_url)}"
     click.echo(f"rate limits: {limits}; demo key: {'on' if settings.demo_key else 'off'}")
     click.echo(f"providers with keys: {', '.join(ready) or 'none'}")
     for p in missing:

@@ -94,6 +94,8 @@ class Transport:
         try:
             async with asyncio.timeout(self._timeouts.first_byte):
                 response = await self._session.post(request.url, data=request.body, headers=request.headers)
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: tell the connect timeout apart
+            raise _failure(source, f"could not be connected to within {self._timeouts.connect:g}s", 503, True) from None
         except TimeoutError:
             raise _failure(source, f"did not answer within {self._timeouts.first_byte:g}s", 503, True) from None
         except aiohttp.ClientConnectionError:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, create_engine, event, make_url, text
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from aipower.storage.batch import AlchemyBatch, BatchConnection
+from aipower.storage.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
 
@@ -61,7 +60,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Transactions(Protocol):
     """Runs a synchronous function in one transaction (committed when it returns, rolled back if it raises)."""
 
-    async def run(self, work: Callable[[Connection], T]) -> T: ...
+    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T:
+        """`ops`: how many calls the batch serves (a backend may run small batches differently)."""
+
+    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T | None:
+        """Run it synchronously in the caller if this backend can do so without waiting; None if it did not run."""
 
     async def close(self) -> None: ...
 
@@ -69,13 +72,14 @@ class Transactions(Protocol):
 def transactions(engine: AsyncEngine) -> Transactions:
     """The cheapest way to run one multi-statement transaction on this engine's database.
 
-    SQLite: a plain sqlite3 connection on one dedicated thread, so a transaction is one thread hop (aiosqlite
-    hops to its thread once per statement), and `BEGIN IMMEDIATE` takes the write lock up front. PostgreSQL (and
-    in-memory SQLite, which a second connection would not see): the async engine, through `run_sync`.
+    SQLite: plain sqlite3 connections (storage.sqlite_writer): a small batch runs inline when the write lock is
+    free, any other on one writer thread; statements skip SQLAlchemy's per-execute work (storage.batch).
+    PostgreSQL (and in-memory SQLite, which a second connection
+    would not see): the async engine, through `run_sync`.
     """
     url = engine.url
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return ThreadTransactions(url.set(drivername="sqlite+pysqlite"))
+        return SqliteWriter(url.database)
     return AsyncTransactions(engine)
 
 
@@ -83,46 +87,23 @@ class AsyncTransactions:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def run(self, work: Callable[[Connection], T]) -> T:
+    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T | None:
+        return None  # every statement is a network round trip: never without awaiting
+
+    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T:
         async with self._engine.begin() as conn:
-            return await conn.run_sync(work)
+            return await conn.run_sync(lambda sync: work(AlchemyBatch(sync)))
 
     async def close(self) -> None:
         return None
 
 
-class ThreadTransactions:
-    def __init__(self, url: URL) -> None:
-        self._engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(self._engine, "connect", _sqlite_writer_connect)
-        event.listen(self._engine, "begin", _begin_immediate)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="aipower-sqlite-writer")
-
-    async def run(self, work: Callable[[Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_transaction, work)
-
-    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
-        with self._engine.begin() as conn:
-            return work(conn)
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
-        self._thread.shutdown(wait=False)
-
-
-def _sqlite_writer_connect(dbapi_connection: Any, record: Any) -> None:
-    # Take transactions out of the sqlite3 module's hands, so `begin` below is the only BEGIN (SQLAlchemy's
-    # documented recipe for pysqlite); IMMEDIATE waits for the write lock at the start instead of failing later.
-    dbapi_connection.isolation_level = None
-    _sqlite_pragmas(dbapi_connection, record)
-
-
-def _begin_immediate(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def upgrade(url: str, revision: str = "head") -> None:
     """Create or migrate the schema (Alembic). Synchronous: call it outside a running event loop."""
+    # Imported here: alembic (and mako) cost ~11 MiB that a serving process never needs (serve migrates in a child).
+    from alembic import command
+    from alembic.config import Config
+
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         _ensure_parent(target)

@@ -6,10 +6,12 @@ parallel calls on any number of processes can never overspend; every settle firs
 still open under the transaction's lock, so a hold is settled at most once (see ledger_sql).
 
 Group commit: reserve() and settle() queue their operation and wait for it. One writer task takes everything
-queued, runs it in a single transaction (one thread hop on SQLite), and answers each waiter only after that
-transaction has committed. Nobody waits for a timer: while one batch is being written the next one gathers, so
-one caller alone sees one transaction per call. A caller never hears "done" for money that is not committed;
-a crash loses at most work that no caller was told about (its holds stay open until repair releases them).
+queued, runs it in a single transaction (on SQLite inline when small, else one thread hop), and answers each
+waiter only after that transaction has committed. Nobody waits for a timer: while one batch is being written the
+next one gathers. A lone call (no other call in flight in this process, nothing queued) skips the queue: its
+operation runs in the caller (on SQLite when the write lock is free), committed before it returns. A caller
+never hears "done" for money that is not committed; a crash loses at most work that no caller was told about
+(its holds stay open until repair releases them).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from aipower.errors import GatewayError
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
 from aipower.storage import db
+from aipower.storage.batch import AlchemyBatch
 from aipower.storage.ledger_sql import Release, Result, Settle, run_batch
 from aipower.storage.tables import holds, ledger
 
@@ -55,21 +58,33 @@ class SqlLedger:
         # Hold ids: a random prefix per ledger and a counter (os.urandom per call showed up in the profile).
         self._id_prefix = "hold_" + secrets.token_hex(8)
         self._serial = itertools.count()
+        self._in_flight = 0  # calls between reserve() and settle(): more than one, and batching pays
 
     async def reserve(self, request: HoldRequest) -> Hold:
         mode: BillingMode = "demo" if request.demo else "balance"
         amount = 0 if request.demo else request.amount
         hold_id = f"{self._id_prefix}{next(self._serial):08x}"
         hold = Hold(hold_id, request.user_id, request.key_id, amount, mode, today())
-        result = await self._queue(self._reserves, (request, hold))
+        self._in_flight += 1
+        try:
+            done = self._run_now([], [(request, hold)])
+            result = done[0] if done is not None else await self._queue(self._reserves, (request, hold))
+        except BaseException:
+            self._in_flight -= 1
+            raise
         if isinstance(result, GatewayError):
+            self._in_flight -= 1
             raise result
         assert isinstance(result, Hold)
         return result
 
     async def settle(self, settlement: Settlement) -> int:
         """The charge, once it is committed (0 if the hold was already settled)."""
-        result = await self._queue(self._settles, settlement)
+        try:
+            done = self._run_now([settlement], [])
+            result = done[0] if done is not None else await self._queue(self._settles, settlement)
+        finally:
+            self._in_flight = max(0, self._in_flight - 1)
         assert result is None or isinstance(result, int)
         return result or 0
 
@@ -78,6 +93,16 @@ class SqlLedger:
         if self._writer is not None:
             await self._writer
         await self._transactions.close()
+
+    def _run_now(self, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> list[Result] | None:
+        """A lone call's operation runs right here when the backend can do it without waiting (SQLite with the write
+        lock free): no writer task, no future. None otherwise; also when other calls are in flight, whose operations
+        are better committed together."""
+        if self._in_flight > 1 or self._settles or self._reserves:
+            return None
+        if self._writer is not None and not self._writer.done():
+            return None
+        return self._transactions.run_now(partial(run_batch, settles=settles, reserves=reserves), 1)
 
     async def _queue(self, queue: list[_Waiting[Op]], op: Op) -> Result:
         waiting = _Waiting(op, asyncio.get_running_loop().create_future())
@@ -97,7 +122,7 @@ class SqlLedger:
             answers = [w.answer for w in settles] + [w.answer for w in reserves]
             results: list[Result | Exception]
             try:
-                results = list(await asyncio.shield(self._transactions.run(batch)))
+                results = list(await asyncio.shield(self._transactions.run(batch, len(answers))))
             except Exception as exc:  # noqa: BLE001 - nothing committed: every waiter of the batch gets the error
                 results = [exc] * len(answers)
             except asyncio.CancelledError:  # shutting down mid-batch: its outcome is unknown to the waiters
@@ -144,7 +169,7 @@ async def release(engine: AsyncEngine, hold_id: str) -> bool:
         row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).one()
         hold = Hold(row.id, row.user_id, row.key_id, row.amount_nanos, _mode(row.mode), row.spend_day)
         work = partial(run_batch, settles=[Release(hold, row.request_id, "released by repair")], reserves=[])
-        results = await conn.run_sync(work)
+        results = await conn.run_sync(lambda sync: work(AlchemyBatch(sync)))
     return results[0] is not None
 
 

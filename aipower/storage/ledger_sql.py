@@ -1,7 +1,7 @@
 """The ledger's statements and the one transaction that runs a batch of holds and settlements. Storage layer.
 
-Everything here is synchronous SQLAlchemy Core on one `Connection`, so one batch is one transaction and (on
-SQLite) one hop to the writer thread; PostgreSQL runs the same function through `AsyncConnection.run_sync`.
+Everything here is synchronous, on one `BatchConnection` (storage.batch), so one batch is one transaction: on
+SQLite a plain sqlite3 connection on the writer thread, on PostgreSQL `AsyncConnection.run_sync`.
 Statements are built once with bind parameters, so a call only binds values. Every reserve is still its own
 guarded UPDATE (`... WHERE balance >= :amount`), and every hold is closed at most once (`settled_at IS NULL`,
 checked under the transaction's write lock), whatever else shares the batch.
@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, insert, select, update
+from sqlalchemy import bindparam, case, insert, select, update
 
 from aipower import money
 from aipower.errors import GatewayError, InsufficientCredit, PermissionDenied
 from aipower.gateway.protocols import Hold, HoldRequest, Settlement
+from aipower.storage.batch import BatchConnection
 from aipower.storage.request_log import row_of
 from aipower.storage.tables import api_keys, holds, ledger, request_log, users
 
@@ -102,12 +103,12 @@ class _Writes:
     log: list[dict[str, Any]] = field(default_factory=list)
     stamps: dict[str, dt.datetime] = field(default_factory=dict)
 
-    def flush_balances(self, conn: Connection) -> None:
+    def flush_balances(self, conn: BatchConnection) -> None:
         if self.to_users:
-            conn.execute(RETURN_TO_USER, self.to_users)
+            conn.run_many(RETURN_TO_USER, self.to_users)
             self.to_users = []
 
-    def flush(self, conn: Connection) -> None:
+    def flush(self, conn: BatchConnection) -> None:
         self.flush_balances(conn)
         for statement, rows in (
             (INSERT_HOLD, self.holds),
@@ -117,9 +118,9 @@ class _Writes:
             (INSERT_LOG, self.log),
         ):
             if rows:
-                conn.execute(statement, rows)
+                conn.run_many(statement, rows)
         if self.stamps:
-            conn.execute(STAMP_KEY, [{"p_kid": kid, "p_now": at} for kid, at in self.stamps.items()])
+            conn.run_many(STAMP_KEY, [{"p_kid": kid, "p_now": at} for kid, at in self.stamps.items()])
 
 
 Settle = Settlement | Release
@@ -127,7 +128,7 @@ Result = Hold | int | GatewayError | None  # None: the hold was already settled
 
 
 def run_batch(
-    conn: Connection, settles: Sequence[Settle], reserves: Sequence[tuple[HoldRequest, Hold]]
+    conn: BatchConnection, settles: Sequence[Settle], reserves: Sequence[tuple[HoldRequest, Hold]]
 ) -> list[Result]:
     """Settle, then reserve, in one transaction; one result per operation (settles first), in order.
 
@@ -140,12 +141,12 @@ def run_batch(
     return results
 
 
-def _reserve(conn: Connection, request: HoldRequest, hold: Hold, writes: _Writes) -> Hold | GatewayError:
+def _reserve(conn: BatchConnection, request: HoldRequest, hold: Hold, writes: _Writes) -> Hold | GatewayError:
     try:
         if not request.demo:
             if request.unlock_nanos is not None:
                 _require_unlocked(conn, request)
-            if request.trial_eligible and conn.execute(TAKE_TRIAL, {"p_uid": request.user_id}).rowcount == 1:
+            if request.trial_eligible and conn.run(TAKE_TRIAL, {"p_uid": request.user_id}) == 1:
                 hold = Hold(hold.id, hold.user_id, hold.key_id, 0, "trial", hold.day)
             else:
                 _take_balance(conn, request, hold.day)
@@ -158,8 +159,8 @@ def _reserve(conn: Connection, request: HoldRequest, hold: Hold, writes: _Writes
     return hold
 
 
-def _require_unlocked(conn: Connection, request: HoldRequest) -> None:
-    topups = conn.execute(TOPUPS, {"p_uid": request.user_id}).scalar_one()
+def _require_unlocked(conn: BatchConnection, request: HoldRequest) -> None:
+    topups = conn.fetch(TOPUPS, {"p_uid": request.user_id})[0][0]
     if request.unlock_nanos is not None and topups < request.unlock_nanos:
         raise PermissionDenied(
             f"This model is not available on the free tier. It unlocks once your top-ups reach "
@@ -170,14 +171,14 @@ def _require_unlocked(conn: Connection, request: HoldRequest) -> None:
         )
 
 
-def _take_balance(conn: Connection, request: HoldRequest, day: str) -> None:
+def _take_balance(conn: BatchConnection, request: HoldRequest, day: str) -> None:
     """The guarded balance UPDATE, then the key's spend limit (undoing the first if the second refuses)."""
     amount = request.amount
-    if conn.execute(TAKE_BALANCE, {"p_uid": request.user_id, "p_amount": amount, "p_day": day}).rowcount != 1:
+    if conn.run(TAKE_BALANCE, {"p_uid": request.user_id, "p_amount": amount, "p_day": day}) != 1:
         raise _refusal(conn, request, day)
-    if conn.execute(TAKE_KEY_BUDGET, {"p_kid": request.key_id, "p_amount": amount}).rowcount == 1:
+    if conn.run(TAKE_KEY_BUDGET, {"p_kid": request.key_id, "p_amount": amount}) == 1:
         return
-    conn.execute(RETURN_TO_USER, {"p_uid": request.user_id, "p_delta": amount, "p_day": day})
+    conn.run(RETURN_TO_USER, {"p_uid": request.user_id, "p_delta": amount, "p_day": day})
     raise InsufficientCredit(
         f"This API key has reached its spend limit (this request may cost up to "
         f"${money.usd_text(amount)}). Ask the operator to raise it, or use another key.",
@@ -185,28 +186,28 @@ def _take_balance(conn: Connection, request: HoldRequest, day: str) -> None:
     )
 
 
-def _refusal(conn: Connection, request: HoldRequest, day: str) -> InsufficientCredit:
-    row = conn.execute(ACCOUNT, {"p_uid": request.user_id}).one()
-    if row.balance_nanos < request.amount:
+def _refusal(conn: BatchConnection, request: HoldRequest, day: str) -> InsufficientCredit:
+    balance, spend_day, spend_day_nanos, daily_cap = conn.fetch(ACCOUNT, {"p_uid": request.user_id})[0]
+    if balance < request.amount:
         return InsufficientCredit(
-            f"Insufficient credits: your balance is ${money.usd_text(row.balance_nanos)} and this request may cost "
+            f"Insufficient credits: your balance is ${money.usd_text(balance)} and this request may cost "
             f"up to ${money.usd_text(request.amount)} (prompt estimate plus max_tokens). Top up, or lower max_tokens.",
             code="insufficient_credits",
         )
-    spent = row.spend_day_nanos if row.spend_day == day else 0
+    spent = spend_day_nanos if spend_day == day else 0
     return InsufficientCredit(
         f"Daily spending cap reached: today (UTC) you have spent ${money.usd_text(spent)} of your "
-        f"${money.usd_text(row.daily_cap_nanos)} cap and this request may cost up to "
+        f"${money.usd_text(daily_cap)} cap and this request may cost up to "
         f"${money.usd_text(request.amount)}. The cap resets at 00:00 UTC.",
         code="daily_cap_reached",
     )
 
 
-def _settle_all(conn: Connection, settles: Sequence[Settle], writes: _Writes) -> list[int | None]:
+def _settle_all(conn: BatchConnection, settles: Sequence[Settle], writes: _Writes) -> list[int | None]:
     if not settles:
         return []
     ids = list({s.hold.id for s in settles})
-    still_open = set(conn.execute(OPEN_HOLDS, {"p_ids": ids}).scalars())
+    still_open = {row[0] for row in conn.fetch(OPEN_HOLDS, {"p_ids": ids})}
     charges: list[int | None] = []
     for item in settles:
         if item.hold.id not in still_open:
@@ -217,7 +218,7 @@ def _settle_all(conn: Connection, settles: Sequence[Settle], writes: _Writes) ->
     return charges
 
 
-def _settle_one(conn: Connection, item: Settle, writes: _Writes) -> int:
+def _settle_one(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
     if isinstance(item, Release):
         charged = _move(conn, item.hold, 0, False, item.request_id, item.note, writes)
     else:
@@ -231,7 +232,9 @@ def _settle_one(conn: Connection, item: Settle, writes: _Writes) -> int:
     return charged
 
 
-def _move(conn: Connection, hold: Hold, charge: int, succeeded: bool, request_id: str, note: str, w: _Writes) -> int:
+def _move(
+    conn: BatchConnection, hold: Hold, charge: int, succeeded: bool, request_id: str, note: str, w: _Writes
+) -> int:
     """Move the hold's money: charge (at most hold + what the balance has), release the rest. Returns the charge."""
     if hold.mode == "demo":
         return 0
@@ -239,12 +242,12 @@ def _move(conn: Connection, hold: Hold, charge: int, succeeded: bool, request_id
         if succeeded:
             w.ledger.append(_ledger_row(hold.user_id, 0, "trial", request_id, "free trial call", w.now))
         else:
-            conn.execute(GIVE_TRIAL, {"p_uid": hold.user_id})
+            conn.run(GIVE_TRIAL, {"p_uid": hold.user_id})
         return 0
     extra = 0
     if charge > hold.amount:
         w.flush_balances(conn)  # the balance read below must see this batch's earlier refunds
-        balance = conn.execute(BALANCE_FOR_UPDATE, {"p_uid": hold.user_id}).scalar_one()
+        balance = conn.fetch(BALANCE_FOR_UPDATE, {"p_uid": hold.user_id})[0][0]
         extra = min(charge - hold.amount, balance)
     charged = min(charge, hold.amount) + extra
     delta = hold.amount - charged

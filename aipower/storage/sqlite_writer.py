@@ -1,0 +1,146 @@
+"""The ledger's SQLite transactions: plain sqlite3 connections, small uncontended batches inline, the rest on one
+writer thread. Storage layer.
+
+A lone caller's batch (one reserve or one settle) is a few statements and a WAL commit, about 50-100 us, and a
+commit in WAL mode with synchronous=NORMAL does not fsync. Sending it to a thread and back cost more than the
+transaction (two context switches and a loop wake-up), so such a batch runs on the event loop itself, with a
+busy timeout of 0: if another connection or process holds the write lock, BEGIN fails at once and the batch goes
+to the writer thread, which waits for the lock as before. Large batches (a loaded gateway) also go to the thread,
+so SQLite's work there overlaps with the loop. The only fsyncs are checkpoints: the inline connection never
+checkpoints (wal_autocheckpoint=0); every `checkpoint_every` inline commits the writer thread runs a PASSIVE
+checkpoint on its own connection, while the loop goes on (writers may append to the WAL during a checkpoint, and
+what is being checkpointed is already committed). Either way a batch is one transaction, committed before run()
+returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from aipower.storage.batch import BatchConnection, SqliteBatch, SqliteStatements
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class WriterStats:
+    inline: int = 0  # transactions run on the event loop
+    threaded: int = 0  # transactions run on the writer thread
+    checkpoints: int = 0
+
+
+class SqliteWriter:
+    """Transactions for one SQLite file; implements db.Transactions."""
+
+    def __init__(self, path: str, *, inline_max_ops: int = 8, checkpoint_every: int = 256) -> None:
+        self._path = path
+        self._inline_max_ops = inline_max_ops
+        self._checkpoint_every = checkpoint_every
+        self._since_checkpoint = 0
+        self._statements = SqliteStatements()
+        self._inline: sqlite3.Connection | None = None
+        self._threaded: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="aipower-sqlite-writer")
+        self._checkpointing: Future[None] | None = None
+        self.stats = WriterStats()
+
+    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T | None:
+        """Run `work` in one transaction right here if it is small and the write lock is free; None if not run."""
+        connection = self._begin_inline(ops)
+        return None if connection is None else self._commit_inline(connection, work)
+
+    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T:
+        """Run `work` in one transaction of this file; `ops` (the batch's size) decides where."""
+        connection = self._begin_inline(ops)
+        if connection is not None:
+            return self._commit_inline(connection, work)
+        result = await asyncio.get_running_loop().run_in_executor(self._thread, self._on_thread, work)
+        self.stats.threaded += 1
+        return result
+
+    def _begin_inline(self, ops: int) -> sqlite3.Connection | None:
+        if ops > self._inline_max_ops:
+            return None
+        connection = self._inline or self._connect_inline()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return None  # the write lock is taken (another process, the request log): wait for it on the thread
+        return connection
+
+    def _commit_inline(self, connection: sqlite3.Connection, work: Callable[[BatchConnection], T]) -> T:
+        result = _finish(connection, work, self._statements)
+        self.stats.inline += 1
+        self._count_commit()
+        return result
+
+    def _count_commit(self) -> None:
+        """Start a checkpoint on the thread (not waited for) once enough inline commits piled up in the WAL: a WAL
+        that only grows makes every commit extend the file, which cost 3-5x a commit into a recycled WAL."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint < self._checkpoint_every:
+            return
+        if self._checkpointing is None or self._checkpointing.done():
+            self._since_checkpoint = 0
+            self.stats.checkpoints += 1
+            self._checkpointing = self._thread.submit(self._checkpoint)
+
+    def _on_thread(self, work: Callable[[BatchConnection], T]) -> T:
+        connection = self._thread_connection()
+        connection.execute("BEGIN IMMEDIATE")  # the write lock up front, not at the first write
+        return _finish(connection, work, self._statements)
+
+    def _checkpoint(self) -> None:
+        try:
+            self._thread_connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:  # the next one retries; the data is safe in the WAL meanwhile
+            logger.warning("ledger: WAL checkpoint failed", exc_info=True)
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        if self._threaded is None:
+            self._threaded = _connect(self._path, timeout=30)  # this one has the default autocheckpoint too
+        return self._threaded
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        connection = _connect(self._path, timeout=0)
+        connection.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (fsync) happen on the thread only
+        self._inline = connection
+        return connection
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._disconnect)
+        self._thread.shutdown(wait=False)
+
+    def _disconnect(self) -> None:
+        for connection in (self._inline, self._threaded):
+            if connection is not None:
+                connection.close()
+        self._inline = self._threaded = None
+
+
+def _finish(connection: sqlite3.Connection, work: Callable[[BatchConnection], T], statements: SqliteStatements) -> T:
+    """Run `work` inside the transaction BEGIN opened, and commit it (roll back if anything fails)."""
+    try:
+        result = work(SqliteBatch(connection, statements))
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _connect(path: str, timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: the sqlite3 module issues no BEGIN/COMMIT of its own; ours are the only ones.
+    connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    return connection

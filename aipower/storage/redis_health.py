@@ -12,19 +12,15 @@ per outage) and tries Redis again at most once a second.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Collection, Mapping
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from aipower.gateway.health import Breaker, BreakerRules, MemoryHealthStore, health
 from aipower.gateway.protocols import CallOutcome, DeploymentHealth, HealthStore
+from aipower.storage.redis_outage import OutageWords, RedisOutage
 
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
 _DAY = 86_400
 
 # Shared by the scripts: ARGV[1] is the injected time ('' = Redis's clock); numbers are stored with full precision.
@@ -176,42 +172,17 @@ class FallbackHealthStore:
     def __init__(
         self, primary: HealthStore, local: MemoryHealthStore, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._primary = primary
-        self._local = local
-        self._clock = clock
-        self._down_until = 0.0
-        self._down = False
+        words = OutageWords("circuit breakers", "using this process's own breakers", "breaker state is shared again")
+        self._outage: RedisOutage[HealthStore] = RedisOutage(primary, local, words, None, clock)
 
     async def read(self, deployments: Collection[str]) -> Mapping[str, DeploymentHealth]:
-        return await self._run(lambda store: store.read(deployments))
+        return await self._outage.run(lambda store: store.read(deployments))
 
     async def admit(self, deployment: str) -> bool:
-        return await self._run(lambda store: store.admit(deployment))
+        return await self._outage.run(lambda store: store.admit(deployment))
 
     async def record(self, outcome: CallOutcome) -> None:
-        await self._run(lambda store: store.record(outcome))
+        await self._outage.run(lambda store: store.record(outcome))
 
     async def record_speed(self, deployment: str, tokens_per_s: float) -> None:
-        await self._run(lambda store: store.record_speed(deployment, tokens_per_s))
-
-    async def _run(self, operation: Callable[[HealthStore], Awaitable[T]]) -> T:
-        if self._clock() >= self._down_until:
-            try:
-                result = await operation(self._primary)
-            except (RedisError, OSError) as exc:
-                self._outage(exc)
-            else:
-                if self._down:
-                    self._down = False
-                    logger.warning("circuit breakers: Redis is back; breaker state is shared again")
-                return result
-        return await operation(self._local)
-
-    def _outage(self, exc: Exception) -> None:
-        self._down_until = self._clock() + 1.0
-        if not self._down:
-            self._down = True
-            logger.warning(
-                "circuit breakers: Redis unreachable (%s); using this process's own breakers until it returns",
-                type(exc).__name__,
-            )
+        await self._outage.run(lambda store: store.record_speed(deployment, tokens_per_s))

@@ -7,20 +7,16 @@ again at most once a second, so an outage costs no per-request timeouts.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from aipower.errors import UpstreamUnavailable
+from aipower.errors import GatewayError, UpstreamUnavailable
 from aipower.gateway.limits import LocalLimiter, RateLimiter, Window
-
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
+from aipower.storage.redis_outage import OutageWords, RedisOutage
 
 # KEYS[1] counter; ARGV: limit, window seconds, cost, now (seconds, float). Returns {allowed, used, ms to reset}.
 _HIT = """
@@ -79,48 +75,27 @@ class FallbackLimiter:
     """Redis while it answers; during an outage, the failure policy ("open" or "closed")."""
 
     def __init__(self, primary: RateLimiter, policy: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self._primary = primary
-        self._local = LocalLimiter()
-        self._fail_closed = policy == "closed"
-        self._clock = clock
-        self._down_until = 0.0
-        self._down = False
+        words = OutageWords("rate limits", "using this process's own counters", "limits are shared again")
+        refuse = _limits_unavailable if policy == "closed" else None
+        self._outage: RedisOutage[RateLimiter] = RedisOutage(primary, LocalLimiter(), words, refuse, clock)
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
-        return await self._run(lambda lim: lim.hit(key, limit, window_seconds, cost))
+        return await self._outage.run(lambda lim: lim.hit(key, limit, window_seconds, cost))
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
-        await self._run(lambda lim: lim.add(key, window_seconds, cost))
+        await self._outage.run(lambda lim: lim.add(key, window_seconds, cost))
 
     async def acquire(self, key: str, limit: int) -> bool:
-        return await self._run(lambda lim: lim.acquire(key, limit))
+        return await self._outage.run(lambda lim: lim.acquire(key, limit))
 
     async def release(self, key: str) -> None:
-        await self._run(lambda lim: lim.release(key))
+        await self._outage.run(lambda lim: lim.release(key))
 
-    async def _run(self, operation: Callable[[RateLimiter], Awaitable[T]]) -> T:
-        if self._clock() >= self._down_until:
-            try:
-                result = await operation(self._primary)
-            except (RedisError, OSError) as exc:
-                self._outage(exc)
-            else:
-                if self._down:
-                    self._down = False
-                    logger.warning("rate limits: Redis is back; limits are shared again")
-                return result
-        if self._fail_closed:
-            raise UpstreamUnavailable(
-                "The gateway's rate-limit store is unavailable; try again shortly.", code="limits_unavailable"
-            )
-        return await operation(self._local)
 
-    def _outage(self, exc: Exception) -> None:
-        self._down_until = self._clock() + 1.0
-        if not self._down:
-            self._down = True
-            mode = "refusing calls (503)" if self._fail_closed else "using this process's own counters"
-            logger.warning("rate limits: Redis unreachable (%s); %s until it returns", type(exc).__name__, mode)
+def _limits_unavailable() -> GatewayError:
+    return UpstreamUnavailable(
+        "The gateway's rate-limit store is unavailable; try again shortly.", code="limits_unavailable"
+    )
 
 
 def connect(url: str) -> Redis:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aipower.catalog import ModelSpec
 from aipower.errors import PermissionDenied, RateLimited
-from aipower.gateway.limits import RateLimiter, Window
+from aipower.gateway.limits import Batch, Check, RateLimiter, Slot, Window
 from aipower.gateway.protocols import Caller, Limits
 
 DAY = 86_400  # epoch days are UTC days
@@ -48,55 +48,73 @@ class Admission:
         return self._policy.demo_models
 
     async def admit(self, caller: Caller, models: Sequence[ModelSpec], tokens: int) -> Ticket:
+        """One limiter call checks every window and the concurrency slot; a refused call counts nowhere."""
         if caller.is_demo:
-            await self._demo(caller, models)
+            self._demo_models(models)
+        labels, checks = self._checks(caller, tokens)
         slots = self._policy.max_concurrent
-        if slots and not await self._limiter.acquire(f"conc:{caller.key_id}", slots):
-            raise _limited(
+        batch = await self._limiter.admit(checks, Slot(f"conc:{caller.key_id}", slots) if slots else None)
+        if not batch.admitted:
+            raise self._refusal(labels, batch)
+        windows = list(zip(labels, batch.windows, strict=True))
+        return Ticket(caller, _tightest(windows, "rpm"), _tightest(windows, "tpm"))
+
+    async def finish(self, ticket: Ticket, output_tokens: int) -> None:
+        """Release the concurrency slot and count the completion tokens the call really produced."""
+        caller = ticket.caller
+        slot_key = f"conc:{caller.key_id}" if self._policy.max_concurrent else None
+        window = self._policy.window_seconds
+        usage = [
+            Check(f"tpm:{scope}", limit, window, output_tokens)
+            for scope, limit in _scopes(caller, "tpm", self._policy)
+            if limit and output_tokens > 0
+        ]
+        if slot_key is not None or usage:
+            await self._limiter.finish(slot_key, usage)
+
+    def _checks(self, caller: Caller, tokens: int) -> tuple[list[tuple[str, str]], list[Check]]:
+        """The windows to count, in the order their refusals are reported, each with its (kind, scope)."""
+        labels: list[tuple[str, str]] = []
+        checks: list[Check] = []
+        if caller.is_demo:
+            labels.append(("demo", f"{caller.client_ip}"))
+            checks.append(Check(f"demo:{caller.client_ip}", self._policy.demo_daily_calls, DAY))
+        for kind, cost in (("rpm", 1), ("tpm", tokens)):
+            for scope, limit in _scopes(caller, kind, self._policy):
+                if limit:
+                    labels.append((kind, scope))
+                    checks.append(Check(f"{kind}:{scope}", limit, self._policy.window_seconds, cost))
+        return labels, checks
+
+    def _refusal(self, labels: Sequence[tuple[str, str]], batch: Batch) -> RateLimited:
+        """The error for a refused batch: the demo quota first, then concurrency, then the first window refused."""
+        refused = [(kind, scope, w) for (kind, scope), w in zip(labels, batch.windows, strict=True) if not w.allowed]
+        if refused and refused[0][0] == "demo":
+            return _limited(
+                f"The public demo key allows {self._policy.demo_daily_calls} calls per IP address per day (UTC). "
+                "Sign up for your own key to keep going, or come back tomorrow.",
+                "demo_quota_exceeded",
+                refused[0][2].reset_seconds,
+            )
+        if not batch.slot_free:
+            return _limited(
                 f"Too many requests in flight on this key (at most {self._policy.max_concurrent} at once). "
                 "Wait for one to finish.",
                 "too_many_concurrent_requests",
                 1.0,
             )
-        try:
-            requests = await self._check(caller, "rpm", 1, "requests")
-            token_window = await self._check(caller, "tpm", tokens, "tokens")
-        except RateLimited:
-            if slots:
-                await self._limiter.release(f"conc:{caller.key_id}")
-            raise
-        return Ticket(caller, requests, token_window)
+        kind, scope, window = refused[0]
+        noun = "requests" if kind == "rpm" else "tokens"
+        return _limited(
+            f"Rate limit reached: {window.limit} {noun} per {self._policy.window_seconds}s for this "
+            f"{'key' if scope.startswith('k') else 'account'} ({window.used} used). "
+            f"Retry in {math.ceil(window.reset_seconds)}s.",
+            "rate_limit_exceeded",
+            window.reset_seconds,
+            headers=rate_headers(window if kind == "rpm" else None, window if kind == "tpm" else None),
+        )
 
-    async def finish(self, ticket: Ticket, output_tokens: int) -> None:
-        """Release the concurrency slot and count the completion tokens the call really produced."""
-        caller = ticket.caller
-        if self._policy.max_concurrent:
-            await self._limiter.release(f"conc:{caller.key_id}")
-        if output_tokens > 0:
-            for scope, limit in _scopes(caller, "tpm", self._policy):
-                if limit:
-                    await self._limiter.add(f"tpm:{scope}", self._policy.window_seconds, output_tokens)
-
-    async def _check(self, caller: Caller, kind: str, cost: int, noun: str) -> Window | None:
-        tightest: Window | None = None
-        for scope, limit in _scopes(caller, kind, self._policy):
-            if not limit:
-                continue
-            window = await self._limiter.hit(f"{kind}:{scope}", limit, self._policy.window_seconds, cost)
-            if not window.allowed:
-                raise _limited(
-                    f"Rate limit reached: {limit} {noun} per {self._policy.window_seconds}s for this "
-                    f"{'key' if scope.startswith('k') else 'account'} ({window.used} used). "
-                    f"Retry in {math.ceil(window.reset_seconds)}s.",
-                    "rate_limit_exceeded",
-                    window.reset_seconds,
-                    headers=rate_headers(window if kind == "rpm" else None, window if kind == "tpm" else None),
-                )
-            if tightest is None or window.remaining < tightest.remaining:
-                tightest = window
-        return tightest
-
-    async def _demo(self, caller: Caller, models: Sequence[ModelSpec]) -> None:
+    def _demo_models(self, models: Sequence[ModelSpec]) -> None:
         refused = [m.id for m in models if m.id not in self._policy.demo_models]
         if refused:
             raise PermissionDenied(
@@ -105,14 +123,15 @@ class Admission:
                 code="model_not_allowed_on_demo_key",
                 param="model",
             )
-        window = await self._limiter.hit(f"demo:{caller.client_ip}", self._policy.demo_daily_calls, DAY)
-        if not window.allowed:
-            raise _limited(
-                f"The public demo key allows {self._policy.demo_daily_calls} calls per IP address per day (UTC). "
-                "Sign up for your own key to keep going, or come back tomorrow.",
-                "demo_quota_exceeded",
-                window.reset_seconds,
-            )
+
+
+def _tightest(windows: Sequence[tuple[tuple[str, str], Window]], kind: str) -> Window | None:
+    """The window of `kind` with the least remaining (the first on a tie), for the x-ratelimit-* headers."""
+    tightest: Window | None = None
+    for (window_kind, _), window in windows:
+        if window_kind == kind and (tightest is None or window.remaining < tightest.remaining):
+            tightest = window
+    return tightest
 
 
 def _scopes(caller: Caller, kind: str, policy: LimitPolicy) -> list[tuple[str, int]]:

@@ -8,7 +8,7 @@ real completion tokens are added when the call ends (a call may overshoot; the n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,17 +27,52 @@ class Window:
         return max(0, self.limit - self.used)
 
 
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One window of a batch: add `cost` to `key`'s counter if it stays within `limit` (ignored when finishing)."""
+
+    key: str
+    limit: int
+    window_seconds: int
+    cost: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One of `limit` concurrency slots under `key`."""
+
+    key: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The outcome of `admit`: one window per check, in order, and whether the slot was free.
+
+    Admitted, every window is as after its increment. Refused, nothing was counted: each window shows the counter
+    as it stands, with allowed=False on those that refused.
+    """
+
+    windows: tuple[Window, ...]
+    slot_free: bool = True
+
+    @property
+    def admitted(self) -> bool:
+        return self.slot_free and all(w.allowed for w in self.windows)
+
+
 class RateLimiter(Protocol):
+    async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
+        """All or nothing: check every window and the slot; only if all pass, count them all and take the slot."""
+
+    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+        """Release the slot (if any) and add each usage's cost unconditionally (its limit is ignored)."""
+
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         """Add `cost` to the window's counter unless that would pass `limit` (then allowed=False, nothing added)."""
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         """Add `cost` unconditionally (usage learned after the call)."""
-
-    async def acquire(self, key: str, limit: int) -> bool:
-        """Take one of `limit` concurrency slots."""
-
-    async def release(self, key: str) -> None: ...
 
 
 class LocalLimiter:
@@ -48,33 +83,50 @@ class LocalLimiter:
         self._counters: dict[str, tuple[float, int]] = {}  # key -> (end of its window, used)
         self._slots: dict[str, int] = {}
 
+    async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
+        now = self._clock()
+        states = [(c, *self._current(c.key, now, c.window_seconds)) for c in checks]
+        slot_free = slot is None or self._slots.get(slot.key, 0) < slot.limit
+        fits = [used + c.cost <= c.limit for c, _, used in states]
+        if not (slot_free and all(fits)):
+            windows = (Window(ok, c.limit, used, end - now) for ok, (c, end, used) in zip(fits, states, strict=True))
+            return Batch(tuple(windows), slot_free)
+        for c, end, used in states:
+            self._counters[c.key] = (end, used + c.cost)
+        if slot is not None:
+            self._slots[slot.key] = self._slots.get(slot.key, 0) + 1
+        self._prune(now)
+        return Batch(tuple(Window(True, c.limit, used + c.cost, end - now) for c, end, used in states))
+
+    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+        if slot_key is not None:
+            self._release(slot_key)
+        for u in usage:
+            await self.add(u.key, u.window_seconds, u.cost)
+
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         now = self._clock()
         end, used = self._current(key, now, window_seconds)
         if used + cost > limit:
             return Window(False, limit, used, end - now)
         self._counters[key] = (end, used + cost)
-        if len(self._counters) > 100_000:
-            self._counters = {k: v for k, v in self._counters.items() if v[0] > now}
+        self._prune(now)
         return Window(True, limit, used + cost, end - now)
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         end, used = self._current(key, self._clock(), window_seconds)
         self._counters[key] = (end, used + cost)
 
-    async def acquire(self, key: str, limit: int) -> bool:
-        taken = self._slots.get(key, 0)
-        if taken >= limit:
-            return False
-        self._slots[key] = taken + 1
-        return True
-
-    async def release(self, key: str) -> None:
+    def _release(self, key: str) -> None:
         taken = self._slots.get(key, 0) - 1
         if taken > 0:
             self._slots[key] = taken
         else:
             self._slots.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        if len(self._counters) > 100_000:
+            self._counters = {k: v for k, v in self._counters.items() if v[0] > now}
 
     def _current(self, key: str, now: float, window_seconds: int) -> tuple[float, int]:
         end = (now // window_seconds + 1) * window_seconds

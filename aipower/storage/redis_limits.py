@@ -1,5 +1,8 @@
 """RateLimiter on Redis: one counter per window, updated by atomic Lua scripts, shared by every replica.
 
+Admitting a call is one script (every window and the concurrency slot, all or nothing), finishing it another.
+The script touches several keys, so it needs one Redis server (not a cluster, unless the keys share a hash slot).
+
 If Redis cannot be reached, `FallbackLimiter` applies the configured policy: "open" keeps serving with this
 process's own counters (logged once per outage), "closed" answers 503 until Redis is back. Redis is tried
 again at most once a second, so an outage costs no per-request timeouts.
@@ -8,14 +11,14 @@ again at most once a second, so an outage costs no per-request timeouts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 
 from aipower.errors import GatewayError, UpstreamUnavailable
-from aipower.gateway.limits import LocalLimiter, RateLimiter, Window
+from aipower.gateway.limits import Batch, Check, LocalLimiter, RateLimiter, Slot, Window
 from aipower.storage.redis_outage import OutageWords, RedisOutage
 
 # KEYS[1] counter; ARGV: limit, window seconds, cost, now (seconds, float). Returns {allowed, used, ms to reset}.
@@ -30,17 +33,56 @@ used = redis.call('INCRBY', KEYS[1], cost)
 if used == cost then redis.call('PEXPIRE', KEYS[1], reset_ms + 1000) end
 return {1, used, reset_ms}
 """
-# KEYS[1] slot counter; ARGV: limit, ttl seconds. Returns 1 if a slot was taken.
-_ACQUIRE = """
-local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
-if taken >= tonumber(ARGV[1]) then return 0 end
-redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
+# KEYS: one counter per check, then the slot (if ARGV[3] = 1). ARGV: now (seconds, float), number of checks,
+# has slot, slot limit, slot ttl, then limit, window seconds, cost per check. All or nothing: every window and the
+# slot are checked before anything is counted. Returns {admitted, slot free, then allowed, used, ms to reset per check}.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local has_slot = ARGV[3] == '1'
+local slot_free = 1
+if has_slot and tonumber(redis.call('GET', KEYS[n + 1]) or '0') >= tonumber(ARGV[4]) then slot_free = 0 end
+local out = {1, slot_free}
+local admitted = slot_free
+for i = 1, n do
+  local limit, window, cost = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i]), tonumber(ARGV[5 + 3 * i])
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local allowed = 1
+  if used + cost > limit then allowed = 0; admitted = 0 end
+  out[3 * i], out[3 * i + 1] = allowed, used
+  out[3 * i + 2] = math.floor(((math.floor(now / window) + 1) * window - now) * 1000)
+end
+out[1] = admitted
+if admitted == 0 then return out end
+for i = 1, n do
+  local cost = tonumber(ARGV[5 + 3 * i])
+  local used = redis.call('INCRBY', KEYS[i], cost)
+  if used == cost then redis.call('PEXPIRE', KEYS[i], out[3 * i + 2] + 1000) end
+  out[3 * i + 1] = used
+end
+if has_slot then
+  redis.call('INCR', KEYS[n + 1])
+  redis.call('EXPIRE', KEYS[n + 1], ARGV[5])
+end
+return out
 """
-_RELEASE = """
-local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
-if taken > 0 then redis.call('DECR', KEYS[1]) end
+# KEYS: the slot (if ARGV[1] = 1), then one counter per usage. ARGV: has slot, now, then window, cost per usage.
+_FINISH = """
+local first = 1
+if ARGV[1] == '1' then
+  local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if taken > 0 then redis.call('DECR', KEYS[1]) end
+  first = 2
+end
+local now = tonumber(ARGV[2])
+for i = first, #KEYS do
+  local j = 2 * (i - first) + 3
+  local window, cost = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
+  local used = redis.call('INCRBY', KEYS[i], cost)
+  if used == cost then
+    redis.call('PEXPIRE', KEYS[i], math.floor(((math.floor(now / window) + 1) * window - now) * 1000) + 1000)
+  end
+end
 return 1
 """
 _SLOT_TTL = 900  # a crashed process's slots free themselves after the longest call
@@ -52,23 +94,47 @@ class RedisLimiter:
         self._prefix = prefix
         self._clock = clock
         self._hit = redis.register_script(_HIT)
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._release = redis.register_script(_RELEASE)
+        self._admit = redis.register_script(_ADMIT)
+        self._finish = redis.register_script(_FINISH)
+
+    async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
+        now = self._clock()
+        keys = [self._counter(c.key, c.window_seconds, now) for c in checks]
+        args: list[float | int] = [now, len(checks), 0, 0, _SLOT_TTL]
+        if slot is not None:
+            keys.append(self._slot(slot.key))
+            args[2:4] = [1, slot.limit]
+        for c in checks:
+            args += [c.limit, c.window_seconds, c.cost]
+        out = [int(v) for v in await self._admit(keys=keys, args=args)]
+        windows = (
+            Window(bool(out[3 * i + 2]), c.limit, out[3 * i + 3], out[3 * i + 4] / 1000) for i, c in enumerate(checks)
+        )
+        return Batch(tuple(windows), bool(out[1]))
+
+    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+        now = self._clock()
+        keys = [] if slot_key is None else [self._slot(slot_key)]
+        keys += [self._counter(u.key, u.window_seconds, now) for u in usage]
+        args: list[float | int] = [0 if slot_key is None else 1, now]
+        for u in usage:
+            args += [u.window_seconds, u.cost]
+        await self._finish(keys=keys, args=args)
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
-        index = int(self._clock() // window_seconds)
-        counter = f"{self._prefix}rl:{key}:{window_seconds}:{index}"
-        allowed, used, reset_ms = await self._hit(keys=[counter], args=[limit, window_seconds, cost, self._clock()])
+        now = self._clock()
+        counter = self._counter(key, window_seconds, now)
+        allowed, used, reset_ms = await self._hit(keys=[counter], args=[limit, window_seconds, cost, now])
         return Window(bool(allowed), limit, int(used), int(reset_ms) / 1000)
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
-        await self.hit(key, 2**62, window_seconds, cost)
+        await self.finish(None, [Check(key, 0, window_seconds, cost)])
 
-    async def acquire(self, key: str, limit: int) -> bool:
-        return bool(await self._acquire(keys=[f"{self._prefix}slot:{key}"], args=[limit, _SLOT_TTL]))
+    def _counter(self, key: str, window_seconds: int, now: float) -> str:
+        return f"{self._prefix}rl:{key}:{window_seconds}:{int(now // window_seconds)}"
 
-    async def release(self, key: str) -> None:
-        await self._release(keys=[f"{self._prefix}slot:{key}"], args=[])
+    def _slot(self, key: str) -> str:
+        return f"{self._prefix}slot:{key}"
 
 
 class FallbackLimiter:
@@ -85,11 +151,11 @@ class FallbackLimiter:
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         await self._outage.run(lambda lim: lim.add(key, window_seconds, cost))
 
-    async def acquire(self, key: str, limit: int) -> bool:
-        return await self._outage.run(lambda lim: lim.acquire(key, limit))
+    async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
+        return await self._outage.run(lambda lim: lim.admit(checks, slot))
 
-    async def release(self, key: str) -> None:
-        await self._outage.run(lambda lim: lim.release(key))
+    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+        await self._outage.run(lambda lim: lim.finish(slot_key, usage))
 
 
 def _limits_unavailable() -> GatewayError:

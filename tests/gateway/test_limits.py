@@ -7,7 +7,7 @@ import pytest
 from aipower import catalog as catalog_file
 from aipower.errors import PermissionDenied, RateLimited
 from aipower.gateway.admission import Admission, LimitPolicy, rate_headers
-from aipower.gateway.limits import LocalLimiter
+from aipower.gateway.limits import Check, LocalLimiter, Slot
 from aipower.gateway.protocols import Caller, Limits
 
 MODELS = catalog_file.load().models
@@ -44,9 +44,27 @@ async def test_costs_and_unconditional_adds() -> None:
 
 async def test_concurrency_slots() -> None:
     limiter = LocalLimiter()
-    assert [await limiter.acquire("c", 2) for _ in range(3)] == [True, True, False]
-    await limiter.release("c")
-    assert await limiter.acquire("c", 2)
+    assert [(await limiter.admit([], Slot("c", 2))).admitted for _ in range(3)] == [True, True, False]
+    await limiter.finish("c", [])
+    assert (await limiter.admit([], Slot("c", 2))).admitted
+
+
+async def test_batch_is_all_or_nothing() -> None:
+    limiter = LocalLimiter(Clock(30.0))
+    checks = [Check("a", 3, 60), Check("b", 100, 60, cost=40)]
+    first = await limiter.admit(checks, Slot("c", 5))
+    assert first.admitted and [w.used for w in first.windows] == [1, 40]
+    assert [w.reset_seconds for w in first.windows] == [30.0, 30.0]
+    await limiter.admit(checks)
+    refused = await limiter.admit(checks, Slot("c", 5))  # b would reach 120: neither a, b nor the slot counts
+    assert not refused.admitted and refused.slot_free
+    assert [(w.allowed, w.used) for w in refused.windows] == [(True, 2), (False, 80)]
+    full = await limiter.admit([Check("a", 3, 60)], Slot("c", 1))  # the slot is taken: a does not count
+    assert not full.admitted and not full.slot_free and full.windows[0].allowed
+    assert (await limiter.hit("a", 3, 60, cost=0)).used == 2
+    await limiter.finish("c", [Check("b", 0, 60, cost=25)])  # the limit is ignored when adding usage
+    assert (await limiter.hit("b", 100, 60, cost=0)).used == 105
+    assert (await limiter.admit([], Slot("c", 1))).admitted  # released
 
 
 def caller(**changes: object) -> Caller:
@@ -94,6 +112,9 @@ async def test_concurrency_cap_and_release_on_refusal() -> None:
     with pytest.raises(RateLimited) as info:  # the rpm refusal must give the slot back
         await admission.admit(caller(), CHEAP, 1)
     assert info.value.code == "rate_limit_exceeded"
+    with pytest.raises(RateLimited) as info:  # ... and so must the next one
+        await admission.admit(caller(), CHEAP, 1)
+    assert info.value.code == "rate_limit_exceeded"
     admission_two = Admission(LocalLimiter(Clock()), LimitPolicy(rpm=5, tpm=0, max_concurrent=1))
     await admission_two.finish(await admission_two.admit(caller(), CHEAP, 1), 0)
 
@@ -113,6 +134,22 @@ async def test_demo_key_models_and_daily_quota_per_ip() -> None:
     assert info.value.code == "demo_quota_exceeded"
     assert info.value.retry_after == 23 * 3600  # until 00:00 UTC
     await admission.admit(caller(is_demo=True, client_ip="198.51.100.1"), CHEAP, 1)
+
+
+async def test_a_refused_call_counts_nowhere() -> None:
+    limiter = LocalLimiter(Clock(86_400 * 20_000))
+    policy = LimitPolicy(rpm=5, tpm=100, max_concurrent=0, demo_models=frozenset({"deepseek/deepseek-chat"}))
+    admission = Admission(limiter, policy)
+    demo = caller(is_demo=True, client_ip="203.0.113.9", limits=Limits(user_tpm=1000))
+    with pytest.raises(RateLimited) as info:  # the key's tpm refuses: no demo call, request or token is counted
+        await admission.admit(demo, CHEAP, 150)
+    assert info.value.code == "rate_limit_exceeded" and "100 tokens" in info.value.message
+    assert info.value.headers["x-ratelimit-limit-tokens"] == "100"
+    for key in ("demo:203.0.113.9", "rpm:k:key_a", "rpm:u:1", "tpm:u:1"):
+        assert (await limiter.hit(key, 10**9, 60 if key[0] != "d" else 86_400, cost=0)).used == 0
+    ticket = await admission.admit(demo, CHEAP, 30)
+    assert ticket.tokens is not None and ticket.tokens.limit == 100 and ticket.tokens.remaining == 70
+    assert ticket.requests is not None and ticket.requests.remaining == 4
 
 
 def test_rate_headers_follow_openai_names() -> None:

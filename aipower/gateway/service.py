@@ -105,8 +105,8 @@ class Gateway:
             response = await self._call(call, targets)
             usage = response.usage or _estimate_usage(request, response)
             outcome = _Outcome(200, None, usage)
-        except GatewayError as exc:
-            outcome = _Outcome(exc.status, exc.code, None)
+        except BaseException as exc:
+            outcome = _failed(exc)
             raise
         finally:
             charged = await self._settle(call, outcome)
@@ -126,11 +126,8 @@ class Gateway:
         targets = await self._prepare(call)
         try:
             events, first = await self._open(call, targets)
-        except GatewayError as exc:
-            await self._settle(call, _Outcome(exc.status, exc.code, None))
-            raise
-        except asyncio.CancelledError:
-            await self._settle(call, _Outcome(CLIENT_CLOSED, "client_closed", None))
+        except BaseException as exc:  # whatever ends the call before its first event, the hold is settled
+            await self._settle(call, _failed(exc))
             raise
         assert call.target is not None
         return StreamSession(
@@ -252,8 +249,8 @@ class Gateway:
                 # The upstream sent no usage: the caller still gets the usage chunk it asked for (an estimate).
                 yield self._priced(call, UsageReport(meter.usage(call.request)))
             outcome = _Outcome(200, None, None)
-        except GatewayError as exc:
-            outcome = _Outcome(exc.status, exc.code, None)
+        except BaseException as exc:
+            outcome = _failed(exc)
             raise
         finally:
             await events.aclose()
@@ -326,3 +323,12 @@ class Gateway:
 def _estimate_usage(request: ChatRequest, response: ChatResponse) -> Usage:
     output = sum(tokens.estimate_text(message_text(c.message)) for c in response.choices)
     return Usage(tokens.estimate_prompt(request), output, estimated=True)
+
+
+def _failed(exc: BaseException) -> _Outcome:
+    """How a call that raised ended, for settlement and the log: nothing was delivered, nothing is charged."""
+    if isinstance(exc, GatewayError):
+        return _Outcome(exc.status, exc.code, None)
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # the caller went away
+        return _Outcome(CLIENT_CLOSED, "client_closed", None)
+    return _Outcome(500, "internal_error", None)

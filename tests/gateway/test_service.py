@@ -52,7 +52,7 @@ class Script:
 
     response: ChatResponse | None = None
     events: tuple[StreamEvent, ...] = ()
-    error: UpstreamError | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -306,3 +306,16 @@ async def test_an_empty_stream_is_a_success_with_no_events(catalog: Catalog) -> 
     [entry] = r.entries()
     assert entry.status == 200
     assert r.upstream.closed == [DEEPSEEK]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_unexpected_error_still_settles_the_hold_uncharged(catalog: Catalog, stream: bool) -> None:
+    r = rig(catalog, {DEEPSEEK: Script(error=RuntimeError("a bug in an adapter"))})
+    with pytest.raises(RuntimeError):
+        if stream:
+            await r.gateway.open_stream(CALLER, request(DEEPSEEK, stream=True), "req-bug")
+        else:
+            await r.gateway.complete(CALLER, request(DEEPSEEK), "req-bug")
+    [settlement] = r.ledger.settlements
+    assert (settlement.charge, settlement.succeeded) == (0, False)
+    assert (settlement.entry.status, settlement.entry.error_code) == (500, "internal_error")

@@ -11,8 +11,9 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from aipower.catalog import BillingRules, ModelSpec, Target
 from aipower.errors import GatewayError, UpstreamError
@@ -25,6 +26,7 @@ from aipower.messages import ChatRequest, ChatResponse, StreamEvent, Usage, Usag
 from aipower.money import usd_to_nanos
 
 logger = logging.getLogger(__name__)
+R = TypeVar("R")
 CLIENT_CLOSED = 499  # nginx's code for "client closed the connection": logged, never sent
 
 
@@ -181,6 +183,32 @@ class Gateway:
             raise
 
     async def _call(self, call: _Call, targets: list[Target]) -> ChatResponse:
+        async def attempt(target: Target) -> ChatResponse:
+            began = self._router.clock()
+            response = await self._upstream.complete(target, call.request)
+            await self._router.succeeded(target, began, response.usage)
+            return response
+
+        return await self._failover(call, targets, attempt)
+
+    async def _open(
+        self, call: _Call, targets: list[Target]
+    ) -> tuple[AsyncGenerator[StreamEvent, None], StreamEvent | None]:
+        async def attempt(target: Target) -> tuple[AsyncGenerator[StreamEvent, None], StreamEvent | None]:
+            began = self._router.clock()
+            events = self._upstream.stream(target, call.request)
+            try:
+                first = await anext(events, None)
+            except UpstreamError:
+                await events.aclose()
+                raise
+            call.first_at = self._router.clock()
+            await self._router.succeeded(target, began, stream=True)
+            return events, first
+
+        return await self._failover(call, targets, attempt)
+
+    async def _failover(self, call: _Call, targets: list[Target], attempt: Callable[[Target], Awaitable[R]]) -> R:
         """Try the targets in order (skipping open breakers) until one answers, a failure is not retryable, or
         the failover budget is spent; every attempt feeds the health store."""
         failure: UpstreamError | None = None
@@ -191,44 +219,13 @@ class Gateway:
             if not await self._router.admit(target):
                 continue
             call.attempts, call.target = call.attempts + 1, target
-            began = self._router.clock()
             try:
-                response = await self._upstream.complete(target, call.request)
+                return await attempt(target)
             except UpstreamError as exc:
                 await self._router.failed(target, exc)
                 if not exc.retryable:
                     raise
                 failure = exc
-                continue
-            await self._router.succeeded(target, began, response.usage)
-            return response
-        raise failure or self._router.skipped(targets)
-
-    async def _open(
-        self, call: _Call, targets: list[Target]
-    ) -> tuple[AsyncGenerator[StreamEvent, None], StreamEvent | None]:
-        failure: UpstreamError | None = None
-        deadline = self._router.deadline()
-        for target in targets:
-            if failure is not None and self._router.expired(deadline):
-                break
-            if not await self._router.admit(target):
-                continue
-            call.attempts, call.target = call.attempts + 1, target
-            began = self._router.clock()
-            events = self._upstream.stream(target, call.request)
-            try:
-                first = await anext(events, None)
-            except UpstreamError as exc:
-                await events.aclose()
-                await self._router.failed(target, exc)
-                if not exc.retryable:
-                    raise
-                failure = exc
-                continue
-            call.first_at = self._router.clock()
-            await self._router.succeeded(target, began, stream=True)
-            return events, first
         raise failure or self._router.skipped(targets)
 
     async def _relay(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aipower.messages import ChatRequest, Image, Reasoning, Text, ToolCall
 
 _CHARS_PER_TOKEN = 4
@@ -17,34 +19,33 @@ def estimate_chars(chars: int) -> int:
 
 
 def estimate_prompt(request: ChatRequest) -> int:
-    total = 0
-    for message in request.messages:
-        total += 4
-        for part in message.parts:
-            match part:
-                case Text(text=text) | Reasoning(text=text):
-                    total += estimate_text(text)
-                case Image():
-                    total += _IMAGE_TOKENS
-                case ToolCall(name=name, arguments_json=args):
-                    total += estimate_text(name) + estimate_text(args)
-    return total
+    """A typical prompt estimate (4 characters a token), for usage an upstream did not report."""
+    return _walk(request, estimate_text, per_message=4, per_image=_IMAGE_TOKENS)
 
 
 def estimate_prompt_upper(request: ChatRequest) -> int:
     """A prompt estimate meant to be at or above the real count: UTF-8 bytes / 2 (CJK text runs near 1 token a
-    character, i.e. 3 bytes), plus per-message overhead and a fixed cost per image."""
+    character, i.e. 3 bytes), plus per-message overhead, a fixed cost per image, and the tool schemas."""
+    total = _walk(request, _half_bytes, per_message=8, per_image=2 * _IMAGE_TOKENS)
+    for tool in request.tools:
+        total += _half_bytes(str(tool.parameters_schema or "") + (tool.description or "")) + 8
+    return total
+
+
+def _half_bytes(text: str) -> int:
+    return -(-len(text.encode()) // 2)
+
+
+def _walk(request: ChatRequest, size: Callable[[str], int], per_message: int, per_image: int) -> int:
     total = 0
     for message in request.messages:
-        total += 8
+        total += per_message
         for part in message.parts:
             match part:
                 case Text(text=text) | Reasoning(text=text):
-                    total += -(-len(text.encode()) // 2)
+                    total += size(text)
                 case Image():
-                    total += 2 * _IMAGE_TOKENS
+                    total += per_image
                 case ToolCall(name=name, arguments_json=args):
-                    total += -(-(len(name) + len(args.encode())) // 2)
-    for tool in request.tools:
-        total += -(-len(str(tool.parameters_schema or "") + (tool.description or "")) // 2) + 8
+                    total += size(name) + size(args)
     return total

@@ -105,7 +105,10 @@ class ModelSpec:
 
     def quirks_at(self, provider: ProviderSpec) -> Quirks:
         """This model's quirks at `provider` (precomputed at load; the provider's own if never resolved)."""
-        return next((q for pid, q in self.quirks if pid == provider.id), provider.quirks)
+        for pid, quirks in self.quirks:
+            if pid == provider.id:
+                return quirks
+        return provider.quirks
 
     def rank(self, task: str) -> int | None:
         return next((score for name, score in self.ranks if name == task), None)

@@ -42,6 +42,7 @@ class Settings:
     failover_budget: float = 30.0  # seconds after which no further failover attempt starts
     breaker_failures: int = 5  # consecutive retryable failures that open a deployment's circuit breaker
     breaker_cooldown: float = 30.0  # seconds an open breaker waits before letting one probe through
+    health_sync_seconds: float = 1.0  # with Redis: how stale this process's copy of the shared breakers may be
     operator_key_ids: tuple[str, ...] = ()  # key ids allowed to read operator routes (/v1/providers/health)
     log_level: str = "info"
     # Provider credentials and endpoints: every <X>_API_KEY and <X>_BASE_URL variable, resolved
@@ -81,6 +82,7 @@ ENV: Mapping[str, str] = {
     "failover_budget": "AIPOWER_FAILOVER_BUDGET",
     "breaker_failures": "AIPOWER_BREAKER_FAILURES",
     "breaker_cooldown": "AIPOWER_BREAKER_COOLDOWN",
+    "health_sync_seconds": "AIPOWER_HEALTH_SYNC_SECONDS",
     "operator_key_ids": "AIPOWER_OPERATOR_KEY_IDS",
     "log_level": "AIPOWER_LOG_LEVEL",
 }

@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import backends, procs, report, servers
 from bench.load import PhaseResult
+from bench.upstream import STREAM_CHUNKS
 
 DIRECT_MODEL = "deepseek-chat"
 GATEWAY_MODEL = "deepseek/deepseek-chat"
@@ -222,9 +223,18 @@ def build_rows(results: dict[str, list[PhaseResult]], rss: tuple[int | None, int
         report.Row("whole stream p50 ms, c=1", *both("stream-single", p(50)), digits=3),
         report.Row(f"gateway CPU ms/request, c={c}", None, gateway_cpu[0], digits=3),
         report.Row(f"gateway CPU ms/stream, c={c}", None, gateway_cpu[1], digits=3),
+        report.Row("gateway CPU us per relayed chunk (estimate)", None, per_chunk(*gateway_cpu), digits=1),
         report.Row("gateway RSS MiB at rest", None, mib[0]),
         report.Row("gateway RSS MiB after load", None, mib[1]),
     ]
+
+
+def per_chunk(request_ms: float | None, stream_ms: float | None) -> float | None:
+    """What relaying one chunk costs: a stream's CPU beyond a non-streamed call's, spread over its 21 relayed
+    frames (20 content chunks and the usage chunk; both calls pay the same auth, billing and routing)."""
+    if request_ms is None or stream_ms is None:
+        return None
+    return (stream_ms - request_ms) * 1000 / (STREAM_CHUNKS + 1)
 
 
 def headroom(results: dict[str, list[PhaseResult]]) -> str:

@@ -26,6 +26,7 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        self.raw_headers = []  # sent: not kept for the stream's whole life (about 30 objects per held stream)
         pump = asyncio.ensure_future(self._pump(send))
         watch = asyncio.ensure_future(_wait_disconnect(receive))
         try:

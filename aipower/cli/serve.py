@@ -14,7 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from aipower import settings as settings_module
-from aipower.app import build_deployments, create_app
+from aipower.app import build_deployments, create_app, tune_collector
 from aipower.settings import Settings
 from aipower.storage import accounts, db, ledger
 
@@ -51,6 +51,7 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
         app: str | Starlette = "aipower.app:create_app_from_environ"
     else:
         app = create_app(settings)
+        tune_collector()
     uvicorn.run(
         app,
         host=settings.host,

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import event, make_url, text
+from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
-from aipower.storage.batch import AlchemyBatch, BatchConnection
+from aipower.storage.batch import AlchemyBatch, BatchConnection, Driver, DriverBatch, Statements
 from aipower.storage.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
@@ -34,13 +35,18 @@ def describe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, *, ledger: bool = False) -> AsyncEngine:
+    """`ledger=True`: the engine for the ledger's writer (SqlLedger), which runs one batch at a time. On PostgreSQL
+    its small pool has no pre-ping: SQLAlchemy's pre-ping costs three round trips per checkout, as much as a
+    settlement's statements, and DriverTransactions catches a dead connection at BEGIN instead."""
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         _ensure_parent(target)
         engine = create_async_engine(target, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    if ledger:
+        return create_async_engine(target, pool_size=1, max_overflow=_RECONNECTS - 1, pool_pre_ping=False)
     return create_async_engine(target, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
@@ -58,12 +64,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Transactions(Protocol):
-    """Runs a synchronous function in one transaction (committed when it returns, rolled back if it raises)."""
+    """Runs a synchronous function in one transaction (committed when it returns, rolled back if it raises).
 
-    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T:
-        """`ops`: how many calls the batch serves (a backend may run small batches differently)."""
+    `ops`: how many calls the batch serves (a backend may run small batches differently). `durable=False`: the
+    commit need not wait for the disk. Its effects are visible to every other transaction at once and its row
+    locks are the same; only a database crash right after it may lose it (PostgreSQL: `synchronous_commit = off`
+    for that transaction, flushed within about 3 x wal_writer_delay or by the next durable commit, whichever
+    comes first). SQLite ignores it: its commits do not fsync either way (WAL, synchronous=NORMAL).
+    """
 
-    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T | None:
+    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T: ...
+
+    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T | None:
         """Run it synchronously in the caller if this backend can do so without waiting; None if it did not run."""
 
     async def close(self) -> None: ...
@@ -73,29 +85,113 @@ def transactions(engine: AsyncEngine) -> Transactions:
     """The cheapest way to run one multi-statement transaction on this engine's database.
 
     SQLite: plain sqlite3 connections (storage.sqlite_writer): a small batch runs inline when the write lock is
-    free, any other on one writer thread; statements skip SQLAlchemy's per-execute work (storage.batch).
-    PostgreSQL (and in-memory SQLite, which a second connection
-    would not see): the async engine, through `run_sync`.
+    free, any other on one writer thread. PostgreSQL: a pooled connection, with the transaction and its
+    statements on the asyncpg connection itself (DriverTransactions). Either way statements skip SQLAlchemy's
+    per-execute work (storage.batch). In-memory SQLite, which a second connection would not see: the async
+    engine, through `run_sync`.
     """
     url = engine.url
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+    if url.get_backend_name() == "postgresql":
+        return DriverTransactions(engine)
+    if url.database not in (None, "", ":memory:"):
         return SqliteWriter(url.database)
     return AsyncTransactions(engine)
 
 
 class AsyncTransactions:
+    """Transactions through SQLAlchemy's own execution (in-memory SQLite)."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T | None:
-        return None  # every statement is a network round trip: never without awaiting
+    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T | None:
+        return None
 
-    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T:
+    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T:
         async with self._engine.begin() as conn:
             return await conn.run_sync(lambda sync: work(AlchemyBatch(sync)))
 
     async def close(self) -> None:
         return None
+
+
+_BEGIN = {True: "BEGIN", False: "BEGIN; SET LOCAL synchronous_commit TO OFF"}  # one round trip either way
+
+
+class DriverTransactions:
+    """PostgreSQL: a small pool of its own lends the connection; BEGIN, the statements and COMMIT go to asyncpg
+    directly.
+
+    The transaction is not SQLAlchemy's: with asyncpg, `engine.begin()` sends no BEGIN until SQLAlchemy itself
+    executes a statement, and none of the batch's statements go through SQLAlchemy. A connection that cannot be
+    rolled back is invalidated, so the pool never lends it out inside a transaction.
+
+    A connection the server has closed (a database restart) fails at BEGIN, before anything ran; it is dropped
+    and the batch starts again on a fresh connection. So the ledger's engine needs no pre-ping
+    (`make_engine(url, ledger=True)`).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._statements = Statements(engine.sync_engine.dialect)  # compiled at first use, once connected
+
+    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T | None:
+        return None  # every statement is a network round trip: never without awaiting
+
+    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T:
+        for _ in range(_RECONNECTS):
+            try:
+                async with self._engine.connect() as conn:
+                    return await conn.run_sync(self._transaction, work, durable)
+            except _ClosedBeforeBegin:
+                continue
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(self._transaction, work, durable)
+
+    def _transaction(self, sync: Connection, work: Callable[[BatchConnection], T], durable: bool) -> T:
+        driver: Driver | None = sync.connection.driver_connection
+        assert driver is not None
+        began = False
+        try:
+            await_(driver.execute(_BEGIN[durable]))
+            began = True
+            result = work(DriverBatch(driver, self._statements))
+            if (status := await_(driver.execute("COMMIT"))) != "COMMIT":  # "ROLLBACK": an error was swallowed
+                raise RuntimeError(f"the batch's transaction was not committed ({status})")
+        except Exception as exc:
+            if not began and driver.is_closed():
+                sync.invalidate(exc)
+                raise _ClosedBeforeBegin from exc
+            _roll_back(sync, driver)
+            raise
+        except BaseException:
+            _roll_back(sync, driver)
+            raise
+        return result
+
+    async def close(self) -> None:
+        return None
+
+
+_RECONNECTS = 3  # pooled connections the server may have closed (the ledger engine's pool size + overflow)
+
+
+class _ClosedBeforeBegin(Exception):
+    """The pooled connection was closed by the server before this batch sent anything: safe to run it again."""
+
+
+def _roll_back(sync: Connection, driver: Driver) -> None:
+    """Undo a failed batch; a connection that cannot be rolled back never goes back to the pool."""
+    try:
+        if driver.is_closed():
+            sync.invalidate()
+        elif driver.is_in_transaction():
+            await_(driver.execute("ROLLBACK"))
+    except Exception as exc:  # noqa: BLE001 - the batch's own failure is what the caller gets
+        sync.invalidate(exc)
+    except BaseException:  # cancelled while rolling back
+        sync.invalidate()
+        raise
 
 
 def upgrade(url: str, revision: str = "head") -> None:

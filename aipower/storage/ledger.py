@@ -10,8 +10,14 @@ queued, runs it in a single transaction (on SQLite inline when small, else one t
 waiter only after that transaction has committed. Nobody waits for a timer: while one batch is being written the
 next one gathers. A lone call (no other call in flight in this process, nothing queued) skips the queue: its
 operation runs in the caller (on SQLite when the write lock is free), committed before it returns. A caller
-never hears "done" for money that is not committed; a crash loses at most work that no caller was told about
-(its holds stay open until repair releases them).
+never hears "done" for money that is not committed; a crash of the process loses at most work that no caller
+was told about (its holds stay open until repair releases them).
+
+Durability: a batch with a settle commits durably. A batch of reserves only may commit without waiting for the
+disk (db.Transactions, durable=False; PostgreSQL's synchronous_commit=off): visible to all at once, row locks
+unchanged, so nothing can be overspent; the settle's durable commit makes it durable too. If the database
+itself crashes first, the hold may be lost with the balance it took; the settle then charges the balance
+(ledger_sql._settle_lost), so a served call is still paid for, at most once.
 """
 
 from __future__ import annotations
@@ -102,7 +108,8 @@ class SqlLedger:
             return None
         if self._writer is not None and not self._writer.done():
             return None
-        return self._transactions.run_now(partial(run_batch, settles=settles, reserves=reserves), 1)
+        work = partial(run_batch, settles=settles, reserves=reserves)
+        return self._transactions.run_now(work, 1, durable=bool(settles))
 
     async def _queue(self, queue: list[_Waiting[Op]], op: Op) -> Result:
         waiting = _Waiting(op, asyncio.get_running_loop().create_future())
@@ -122,7 +129,9 @@ class SqlLedger:
             answers = [w.answer for w in settles] + [w.answer for w in reserves]
             results: list[Result | Exception]
             try:
-                results = list(await asyncio.shield(self._transactions.run(batch, len(answers))))
+                # Reserves alone need not wait for the disk: the call's settle commits durably, and with it them.
+                run = self._transactions.run(batch, len(answers), durable=bool(settles))
+                results = list(await asyncio.shield(run))
             except Exception as exc:  # noqa: BLE001 - nothing committed: every waiter of the batch gets the error
                 results = [exc] * len(answers)
             except asyncio.CancelledError:  # shutting down mid-batch: its outcome is unknown to the waiters

@@ -1,15 +1,23 @@
 """The ledger's statements and the one transaction that runs a batch of holds and settlements. Storage layer.
 
 Everything here is synchronous, on one `BatchConnection` (storage.batch), so one batch is one transaction: on
-SQLite a plain sqlite3 connection on the writer thread, on PostgreSQL `AsyncConnection.run_sync`.
+SQLite a plain sqlite3 connection (inline or on the writer thread), on PostgreSQL the asyncpg connection, driven
+through `AsyncConnection.run_sync`.
 Statements are built once with bind parameters, so a call only binds values. Every reserve is still its own
 guarded UPDATE (`... WHERE balance >= :amount`), and every hold is closed at most once (`settled_at IS NULL`,
 checked under the transaction's write lock), whatever else shares the batch.
+
+A batch of reserves only may commit without waiting for the disk (db.Transactions, `durable=False`): a database
+crash can then lose a hold, and with it the balance it took. Its call was served, so its settle finds no row at
+all for the hold and charges the balance instead (`_settle_lost`); a hold that exists but is settled is never
+charged again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +30,8 @@ from aipower.gateway.protocols import Hold, HoldRequest, Settlement
 from aipower.storage.batch import BatchConnection
 from aipower.storage.request_log import row_of
 from aipower.storage.tables import api_keys, holds, ledger, request_log, users
+
+logger = logging.getLogger(__name__)
 
 u, k, h = users.c, api_keys.c, holds.c
 _SPENT_TODAY = case((u.spend_day == bindparam("p_day"), u.spend_day_nanos), else_=0)
@@ -70,6 +80,7 @@ RETURN_TO_KEY = (
     update(api_keys).where(k.id == bindparam("p_kid")).values(spent_nanos=k.spent_nanos - bindparam("p_delta"))
 )
 OPEN_HOLDS = select(h.id).where(h.id.in_(bindparam("p_ids", expanding=True)), h.settled_at.is_(None)).with_for_update()
+KNOWN_HOLDS = select(h.id).where(h.id.in_(bindparam("p_ids", expanding=True)))
 CLOSE_HOLD = (
     update(holds)
     .where(h.id == bindparam("p_hid"), h.settled_at.is_(None))
@@ -152,11 +163,13 @@ def _reserve(conn: BatchConnection, request: HoldRequest, hold: Hold, writes: _W
                 _take_balance(conn, request, hold.day)
     except GatewayError as refused:
         return refused
-    writes.holds.append(
-        {"id": hold.id, "user_id": hold.user_id, "key_id": hold.key_id, "request_id": request.request_id,
-         "amount_nanos": hold.amount, "mode": hold.mode, "spend_day": hold.day, "created_at": writes.now}
-    )  # fmt: skip
+    writes.holds.append(_hold_row(hold, request.request_id, writes.now))
     return hold
+
+
+def _hold_row(hold: Hold, request_id: str, now: dt.datetime) -> dict[str, Any]:
+    return {"id": hold.id, "user_id": hold.user_id, "key_id": hold.key_id, "request_id": request_id,
+            "amount_nanos": hold.amount, "mode": hold.mode, "spend_day": hold.day, "created_at": now}  # fmt: skip
 
 
 def _require_unlocked(conn: BatchConnection, request: HoldRequest) -> None:
@@ -208,14 +221,43 @@ def _settle_all(conn: BatchConnection, settles: Sequence[Settle], writes: _Write
         return []
     ids = list({s.hold.id for s in settles})
     still_open = {row[0] for row in conn.fetch(OPEN_HOLDS, {"p_ids": ids})}
+    lost: set[str] = set()
+    if len(still_open) < len(ids):  # rare: settled before (a double settle, repair), or lost with its reserve
+        missing = [i for i in ids if i not in still_open]
+        lost = set(missing) - {row[0] for row in conn.fetch(KNOWN_HOLDS, {"p_ids": missing})}
     charges: list[int | None] = []
     for item in settles:
-        if item.hold.id not in still_open:
+        if item.hold.id in lost:
+            lost.discard(item.hold.id)  # its row is written (closed) now: a second settle finds it settled
+            charges.append(_settle_lost(conn, item, writes))
+        elif item.hold.id in still_open:
+            still_open.discard(item.hold.id)
+            charges.append(_settle_one(conn, item, writes))
+        else:
             charges.append(None)  # already settled (e.g. by repair): never charge twice
-            continue
-        still_open.discard(item.hold.id)
-        charges.append(_settle_one(conn, item, writes))
     return charges
+
+
+def _settle_lost(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
+    """Settle a hold that has no row: its reserve committed asynchronously and a database crash lost it, with the
+    balance (or trial call) it took. The call was served, so the charge comes from the balance now, at most what
+    it has (as a charge above a hold does; the key's spend too, and the day's if the account already counts
+    that day), and the hold's row is written, closed."""
+    hold = item.hold
+    mode = hold.mode
+    if mode == "trial" and conn.run(TAKE_TRIAL, {"p_uid": hold.user_id}) != 1:
+        mode = "balance"  # no trial call left to take again: the balance pays, as the reserve would have made it
+    unheld = Hold(hold.id, hold.user_id, hold.key_id, 0, mode, hold.day)
+    request_id = item.request_id if isinstance(item, Release) else item.entry.request_id
+    writes.holds.append(_hold_row(unheld, request_id, writes.now))
+    charged = _settle_one(conn, dataclasses.replace(item, hold=unheld), writes)
+    charge = 0 if isinstance(item, Release) else item.charge
+    logger.warning(
+        "ledger: hold %s (user %s, request %s) has no row (its reserve, committed asynchronously, lost in a "
+        "database crash?): charged %d of %d nanos from the balance",
+        hold.id, hold.user_id, request_id, charged, charge,
+    )  # fmt: skip
+    return charged
 
 
 def _settle_one(conn: BatchConnection, item: Settle, writes: _Writes) -> int:

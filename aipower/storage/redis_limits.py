@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 from aipower.errors import GatewayError, UpstreamUnavailable
 from aipower.gateway.limits import Batch, Check, LocalLimiter, RateLimiter, Slot, Window
 from aipower.storage.redis_outage import OutageWords, RedisOutage
+from aipower.storage.redis_pipeline import ScriptPipeline
 
 # KEYS[1] counter; ARGV: limit, window seconds, cost, now (seconds, float). Returns {allowed, used, ms to reset}.
 _HIT = """
@@ -90,12 +92,12 @@ _SLOT_TTL = 900  # a crashed process's slots free themselves after the longest c
 
 class RedisLimiter:
     def __init__(self, redis: Redis, prefix: str, clock: Callable[[], float] = time.time) -> None:
-        self._redis = redis
         self._prefix = prefix
         self._clock = clock
-        self._hit = redis.register_script(_HIT)
-        self._admit = redis.register_script(_ADMIT)
-        self._finish = redis.register_script(_FINISH)
+        self._pipeline = ScriptPipeline(redis)  # calls made together share one round trip
+        self._hit = self._pipeline.script(_HIT)
+        self._admit = self._pipeline.script(_ADMIT)
+        self._finish = self._pipeline.script(_FINISH)
 
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         now = self._clock()
@@ -106,7 +108,8 @@ class RedisLimiter:
             args[2:4] = [1, slot.limit]
         for c in checks:
             args += [c.limit, c.window_seconds, c.cost]
-        out = [int(v) for v in await self._admit(keys=keys, args=args)]
+        release = None if slot is None else partial(self._release_orphan, keys[-1])
+        out = [int(v) for v in await self._pipeline.call(self._admit, keys, args, orphan=release)]
         windows = (
             Window(bool(out[3 * i + 2]), c.limit, out[3 * i + 3], out[3 * i + 4] / 1000) for i, c in enumerate(checks)
         )
@@ -119,13 +122,21 @@ class RedisLimiter:
         args: list[float | int] = [0 if slot_key is None else 1, now]
         for u in usage:
             args += [u.window_seconds, u.cost]
-        await self._finish(keys=keys, args=args)
+        await self._pipeline.call(self._finish, keys, args)
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         now = self._clock()
         counter = self._counter(key, window_seconds, now)
-        allowed, used, reset_ms = await self._hit(keys=[counter], args=[limit, window_seconds, cost, now])
+        allowed, used, reset_ms = await self._pipeline.call(self._hit, [counter], [limit, window_seconds, cost, now])
         return Window(bool(allowed), limit, int(used), int(reset_ms) / 1000)
+
+    def _release_orphan(self, slot: str, reply: Any) -> None:
+        """An admission whose caller went away while Redis ran it: give back the slot it took (if it took one)."""
+        if int(reply[0]) == 1:
+            self._pipeline.send(self._finish, [slot], [1, self._clock()])
+
+    async def close(self) -> None:
+        await self._pipeline.close()
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         await self.finish(None, [Check(key, 0, window_seconds, cost)])

@@ -23,7 +23,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from aipower.storage.batch import BatchConnection, SqliteBatch, SqliteStatements
+from sqlalchemy.dialects import sqlite
+
+from aipower.storage.batch import BatchConnection, SqliteBatch, Statements
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -44,19 +46,21 @@ class SqliteWriter:
         self._inline_max_ops = inline_max_ops
         self._checkpoint_every = checkpoint_every
         self._since_checkpoint = 0
-        self._statements = SqliteStatements()
+        self._statements = Statements(sqlite.dialect())
         self._inline: sqlite3.Connection | None = None
         self._threaded: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="aipower-sqlite-writer")
         self._checkpointing: Future[None] | None = None
         self.stats = WriterStats()
 
-    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T | None:
-        """Run `work` in one transaction right here if it is small and the write lock is free; None if not run."""
+    def run_now(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T | None:
+        """Run `work` in one transaction right here if it is small and the write lock is free; None if not run.
+        `durable` changes nothing: no commit here fsyncs (WAL, synchronous=NORMAL), and each survives a crash of
+        the process."""
         connection = self._begin_inline(ops)
         return None if connection is None else self._commit_inline(connection, work)
 
-    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1) -> T:
+    async def run(self, work: Callable[[BatchConnection], T], ops: int = 1, *, durable: bool = True) -> T:
         """Run `work` in one transaction of this file; `ops` (the batch's size) decides where."""
         connection = self._begin_inline(ops)
         if connection is not None:
@@ -125,7 +129,7 @@ class SqliteWriter:
         self._inline = self._threaded = None
 
 
-def _finish(connection: sqlite3.Connection, work: Callable[[BatchConnection], T], statements: SqliteStatements) -> T:
+def _finish(connection: sqlite3.Connection, work: Callable[[BatchConnection], T], statements: Statements) -> T:
     """Run `work` inside the transaction BEGIN opened, and commit it (roll back if anything fails)."""
     try:
         result = work(SqliteBatch(connection, statements))

@@ -50,11 +50,13 @@ class RawReply:
 
 @dataclass(frozen=True)
 class SseReply:
-    """Frames (dicts become `data: {json}`; bytes are sent verbatim); `hang` keeps the stream open afterwards."""
+    """Frames (dicts become `data: {json}`; bytes are sent verbatim); `hang` keeps the stream open afterwards,
+    sending an SSE comment every 50 ms unless `silent`."""
 
     frames: tuple[Any, ...]
     hang: bool = False
     done: bool = True
+    silent: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ class FakeUpstream:
                 yield frame if isinstance(frame, bytes) else b"data: " + orjson.dumps(frame) + b"\n\n"
             if reply.hang:
                 while True:
-                    yield b": keep-alive\n\n"
+                    if not reply.silent:
+                        yield b": keep-alive\n\n"
                     await asyncio.sleep(0.05)
             if reply.done:
                 yield b"data: [DONE]\n\n"

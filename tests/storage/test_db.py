@@ -1,16 +1,22 @@
-"""aipower/storage/db.py: driver URLs, password-free descriptions, idempotent upgrades, ping, SQLite pragmas."""
+"""aipower/storage/db.py: driver URLs, password-free descriptions, idempotent upgrades, ping, SQLite pragmas, and
+transactions that roll back cleanly."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, make_url, text
+from sqlalchemy import bindparam, func, inspect, make_url, select, text, update
 
-from aipower.storage import db
+from aipower.storage import db, users
+from aipower.storage.batch import BatchConnection
+from aipower.storage.tables import users as users_table
 from tests.databases import POSTGRES
+
+BACKEND_PID = select(func.pg_backend_pid())
 
 
 @pytest.mark.parametrize(
@@ -112,4 +118,91 @@ async def test_sqlite_connections_use_wal_and_foreign_keys(tmp_path: Path) -> No
             assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
     finally:
+        await engine.dispose()
+
+
+async def test_a_failed_transaction_writes_nothing_and_leaves_its_connection_clean(database_url: str) -> None:
+    """On PostgreSQL the batch's BEGIN/ROLLBACK are sent on the asyncpg connection itself: after a failure (here a
+    broken CHECK constraint) the pooled connection is back out of any transaction, and is reused."""
+    engine = db.make_engine(database_url)
+    ledger_engine = db.make_engine(database_url, ledger=True)  # no pre-ping: nothing would hide a dirty connection
+    runner = db.transactions(ledger_engine)
+    postgres = database_url.startswith("postgresql")
+    try:
+        user = await users.create(engine, f"tx-{secrets.token_hex(4)}@example.com", 0)
+        where = users_table.c.id == bindparam("p_uid")
+        set_trials = update(users_table).where(where).values(trial_calls_left=bindparam("p_n"))
+        overdraw = update(users_table).where(where).values(balance_nanos=-1)
+        trials = select(users_table.c.trial_calls_left).where(where)
+
+        def failing(conn: BatchConnection) -> None:
+            assert conn.run(set_trials, {"p_uid": user.id, "p_n": 5}) == 1
+            conn.run(overdraw, {"p_uid": user.id})  # balance_nanos >= 0: the database refuses
+
+        before = await runner.run(lambda conn: conn.fetch(BACKEND_PID, {})) if postgres else None
+        for durable in (True, False):
+            with pytest.raises(Exception, match="ck_users_balance_nonnegative"):
+                await runner.run(failing, durable=durable)
+            assert await runner.run(lambda conn: conn.fetch(trials, {"p_uid": user.id})) == [(0,)]
+        assert await runner.run(lambda conn: conn.run(set_trials, {"p_uid": user.id, "p_n": 2}), durable=False) == 1
+        assert await runner.run(lambda conn: conn.fetch(trials, {"p_uid": user.id})) == [(2,)]
+        if postgres:  # the same server connection all along: rolled back and reused, not replaced
+            assert await runner.run(lambda conn: conn.fetch(BACKEND_PID, {})) == before
+    finally:
+        await runner.close()
+        await ledger_engine.dispose()
+        await engine.dispose()
+
+
+async def test_a_transaction_whose_error_was_swallowed_is_not_reported_committed(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    runner = db.transactions(engine)
+    try:
+        user = await users.create(engine, f"tx-{secrets.token_hex(4)}@example.com", 0)
+        where = users_table.c.id == bindparam("p_uid")
+
+        def swallowing(conn: BatchConnection) -> None:
+            conn.run(update(users_table).where(where).values(trial_calls_left=7), {"p_uid": user.id})
+            with contextlib.suppress(Exception):
+                conn.run(update(users_table).where(where).values(balance_nanos=-1), {"p_uid": user.id})
+
+        if database_url.startswith("postgresql"):  # the failed statement aborted the transaction: nothing commits
+            with pytest.raises(RuntimeError, match="not committed"):
+                await runner.run(swallowing)
+            expected = 0
+        else:  # SQLite undoes only the failed statement
+            await runner.run(swallowing)
+            expected = 7
+        trials = select(users_table.c.trial_calls_left).where(where)
+        assert await runner.run(lambda conn: conn.fetch(trials, {"p_uid": user.id})) == [(expected,)]
+    finally:
+        await runner.close()
+        await engine.dispose()
+
+
+async def test_a_ledger_connection_closed_by_the_server_is_replaced(database_url: str) -> None:
+    """A database restart closes every pooled connection: the next batch finds its connection dead at BEGIN, before
+    anything ran, and runs on a fresh one instead of failing the calls in it."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to close connections")
+    engine = db.make_engine(database_url)
+    ledger_engine = db.make_engine(database_url, ledger=True)  # as the app builds it: no pre-ping
+    runner = db.transactions(ledger_engine)
+    try:
+        user = await users.create(engine, f"tx-{secrets.token_hex(4)}@example.com", 0)
+        where = users_table.c.id == bindparam("p_uid")
+        set_trials = update(users_table).where(where).values(trial_calls_left=bindparam("p_n"))
+        first = (await runner.run(lambda conn: conn.fetch(BACKEND_PID, {})))[0][0]
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        await asyncio.sleep(0.2)  # the server's close reaches the pooled connection
+        assert await runner.run(lambda conn: conn.run(set_trials, {"p_uid": user.id, "p_n": 4})) == 1
+        second = (await runner.run(lambda conn: conn.fetch(BACKEND_PID, {})))[0][0]
+        assert second != first
+        async with engine.connect() as conn:
+            stored = await conn.execute(select(users_table.c.trial_calls_left).where(where), {"p_uid": user.id})
+            assert stored.scalar_one() == 4
+    finally:
+        await runner.close()
+        await ledger_engine.dispose()
         await engine.dispose()

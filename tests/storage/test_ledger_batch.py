@@ -1,17 +1,29 @@
 """The ledger's group commit on both backends: many calls share a transaction, yet each is answered on its own,
-a refused reserve spoils nothing else, a hold is settled once, and a caller that goes away leaves no open hold."""
+a refused reserve spoils nothing else, a hold is settled once, and a caller that goes away leaves no open hold.
+A hold lost with its asynchronously committed reserve is still charged, once; on PostgreSQL reserves alone commit
+with synchronous_commit off and anything with a settle commits durably."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from typing import Any
 
 import pytest
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.errors import InsufficientCredit
-from aipower.gateway.protocols import Hold
+from aipower.gateway.protocols import BillingMode, Hold, HoldRequest
 from aipower.storage import accounts, db, ledger
+from aipower.storage.batch import BatchConnection, Statements
+from aipower.storage.ledger_sql import Settle, run_batch
+from aipower.storage.tables import api_keys, holds, request_log
+from aipower.storage.tables import ledger as ledger_table
 from tests.storage.test_ledger import USD, hold_request, new_account, settlement
+
+SYNCHRONOUS_COMMIT = select(func.current_setting("synchronous_commit"))
 
 
 @pytest.fixture
@@ -94,3 +106,114 @@ async def test_close_waits_for_queued_settlements(engine: AsyncEngine) -> None:
     balance = await accounts.balance(engine, user_id)
     assert (balance.balance_nanos, balance.held_nanos) == (USD - 3 * 10, 0)
     assert await accounts.verify(engine) == []
+
+
+def lost_hold(user_id: int, key_id: str, amount: int, mode: BillingMode = "balance") -> Hold:
+    """A hold whose reserve committed asynchronously and was then lost in a database crash: no row, nothing taken."""
+    return Hold("hold_lost_" + secrets.token_hex(6), user_id, key_id, amount, mode, ledger.today())
+
+
+async def usage_rows(engine: AsyncEngine, user_id: int) -> tuple[list[int], list[int]]:
+    """The user's usage ledger amounts and request-log charges."""
+    async with engine.connect() as conn:
+        entries = await conn.execute(
+            select(ledger_table.c.amount_nanos).where(
+                ledger_table.c.user_id == user_id, ledger_table.c.reason == "usage"
+            )
+        )
+        logged = await conn.execute(select(request_log.c.charged_nanos).where(request_log.c.user_id == user_id))
+        return list(entries.scalars()), list(logged.scalars())
+
+
+async def test_a_settle_whose_hold_row_is_missing_charges_the_balance(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine)
+    hold = lost_hold(user_id, key_id, 1000)
+    assert await book.settle(settlement(hold, 300)) == 300
+    assert await book.settle(settlement(hold, 300)) == 0  # its row is now written, settled: never charged twice
+    await book.close()
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos) == (USD - 300, 0)
+    assert await usage_rows(engine, user_id) == ([-300], [300])
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(holds).where(holds.c.id == hold.id))).one()
+        spent = (await conn.execute(select(api_keys.c.spent_nanos).where(api_keys.c.id == key_id))).scalar_one()
+    assert (row.amount_nanos, row.charged_nanos, row.settled_at is not None, spent) == (0, 300, True, 300)
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_missing_hold_takes_no_more_than_the_balance(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "0.000001")  # 1000 nanos
+    book = ledger.SqlLedger(engine)
+    hold = lost_hold(user_id, key_id, 600)
+    charges = await asyncio.gather(book.settle(settlement(hold, 5000)), book.settle(settlement(hold, 5000)))
+    await book.close()
+    assert sorted(charges) == [0, 1000]  # both in one batch: charged once, and never below zero
+    assert (await accounts.balance(engine, user_id)).balance_nanos == 0
+    assert (await usage_rows(engine, user_id))[0] == [-1000]
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_missing_trial_hold_takes_the_trial_call_again(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1", trial_calls=1)
+    book = ledger.SqlLedger(engine)
+    assert await book.settle(settlement(lost_hold(user_id, key_id, 0, "trial"), 5000)) == 0
+    assert await book.settle(settlement(lost_hold(user_id, key_id, 0, "trial"), 700)) == 700  # none left: balance
+    await book.close()
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.trial_calls_left, balance.balance_nanos) == (0, USD - 700)
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_settle_of_a_settled_hold_charges_nothing(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine)
+    hold = await book.reserve(hold_request(user_id, key_id, 1000))
+    assert await book.settle(settlement(hold, 300)) == 300
+    await book.close()
+    other = ledger.SqlLedger(engine)  # e.g. a retry from a fresh ledger: the row exists, settled
+    assert await other.settle(settlement(hold, 300)) == 0
+    await other.close()
+    assert (await accounts.balance(engine, user_id)).balance_nanos == USD - 300
+    assert await usage_rows(engine, user_id) == ([-300], [300])
+    assert await accounts.verify(engine) == []
+
+
+async def test_postgresql_reserves_alone_commit_asynchronously(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    async with engine.connect() as conn:
+        default = (await conn.execute(SYNCHRONOUS_COMMIT)).scalar_one()
+    assert default != "off"
+    seen: list[tuple[int, int, str]] = []
+
+    def recording(conn: BatchConnection, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> Any:
+        seen.append((len(settles), len(reserves), conn.fetch(SYNCHRONOUS_COMMIT, {})[0][0]))
+        return run_batch(conn, settles, reserves)
+
+    monkeypatch.setattr(ledger, "run_batch", recording)
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine)
+    hold = await book.reserve(hold_request(user_id, key_id, 1000))
+    assert await book.settle(settlement(hold, 10)) == 10
+    held = await asyncio.gather(*(book.reserve(hold_request(user_id, key_id, 1000)) for _ in range(3)))
+    await asyncio.gather(*(book.settle(settlement(h, 10)) for h in held))
+    await book.close()
+    assert seen[:2] == [(0, 1, "off"), (1, 0, default)]
+    assert all(value == ("off" if settles == 0 else default) for settles, _, value in seen)
+    async with engine.connect() as conn:  # a pooled connection is back at the server's setting
+        assert (await conn.execute(SYNCHRONOUS_COMMIT)).scalar_one() == default
+
+
+def test_postgresql_sends_an_expanding_in_as_one_array() -> None:
+    statements = Statements(asyncpg.dialect())
+    h = holds.c
+    query = select(h.id).where(
+        h.user_id == bindparam("a"), h.id.in_(bindparam("ids", expanding=True)), h.mode == bindparam("b")
+    )
+    compiled = statements.get(query, ())
+    assert "holds.id = ANY($3)" in compiled.sql and "$1::INTEGER" in compiled.sql and "$2::VARCHAR" in compiled.sql
+    assert compiled.values({"a": 1, "ids": ["x", "y"], "b": "m"}) == (1, "m", ["x", "y"])
+    assert statements.get(query, ()) is compiled

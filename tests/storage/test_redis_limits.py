@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,8 @@ import pytest
 from aipower.errors import UpstreamUnavailable
 from aipower.gateway.limits import Check, Slot
 from aipower.storage import redis_limits
-from tests.redis_service import PrivateRedis, new_prefix, prefix_cleanup, require_redis
+from tests.redis_service import PrivateRedis, require_redis
 from tests.servers import free_port
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    require_redis()
-    with prefix_cleanup(new_prefix()) as value:
-        yield value
 
 
 async def test_two_clients_admit_exactly_the_limit(prefix: str) -> None:

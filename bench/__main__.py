@@ -22,6 +22,7 @@ SCENARIOS = {
     "prompt-size": "bench.prompt",
     "history": "bench.history",
     "backends": "bench.compare",
+    "backends-ab": "bench.interleave",
 }
 
 

@@ -40,7 +40,7 @@ def runs(config: throughput.Config) -> list[tuple[str, throughput.Config]]:
     ]
 
 
-def _rating(metric: str, base: float, value: float, workers: int) -> str:
+def rating(metric: str, base: float, value: float, workers: int) -> str:
     for prefix, higher in _RATED:
         if metric.startswith(prefix) and base and value:
             share = value / workers / base if higher else base / value
@@ -61,7 +61,7 @@ def table(documents: Sequence[tuple[str, int, dict[str, Any]]]) -> tuple[list[st
         cells = [metric, _cell(base)]
         for _, workers, document in documents[1:]:
             value = document["rows"][index]["gateway"]
-            cells += [_cell(value), _rating(metric, base or 0.0, value or 0.0, workers)]
+            cells += [_cell(value), rating(metric, base or 0.0, value or 0.0, workers)]
         rows.append(cells)
     return header, rows
 

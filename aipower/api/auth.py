@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from starlette.requests import Request
@@ -81,18 +81,37 @@ class Authenticator:
 
 
 class AuthGuard:
-    """Counts failed authentications per client IP (through the shared RateLimiter)."""
+    """Counts failed authentications per client IP (through the shared RateLimiter).
+
+    An address found under the limit is trusted for `recheck_seconds` (1 s) without asking the limiter again, so
+    callers with good keys cost no limiter round trip per request (a Redis one, with several replicas). A failure
+    from an address forgets that at once: every guess is checked against the shared count. So only an address
+    blocked by failures seen on another replica may go on using a valid key here for up to `recheck_seconds`.
+    """
 
     def __init__(
-        self, limiter: RateLimiter, failures_per_minute: int, demo_key: str, trusted: Sequence[Network] = ()
+        self,
+        limiter: RateLimiter,
+        failures_per_minute: int,
+        demo_key: str,
+        trusted: Sequence[Network] = (),
+        *,
+        recheck_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limiter = limiter
         self._limit = failures_per_minute
         self.trusted = tuple(trusted)
         self.demo_digest = key_format.digest(demo_key) if demo_key else None
+        self._recheck = recheck_seconds
+        self._clock = clock
+        self._clear: dict[str, float] = {}  # address -> until when it counts as under the limit
 
     async def check(self, client_ip: str | None) -> None:
         if not self._limit or client_ip is None:
+            return
+        now = self._clock()
+        if self._clear.get(client_ip, 0.0) > now:
             return
         window = await self._limiter.hit(f"authfail:{client_ip}", self._limit, 60, cost=0)
         if window.used >= self._limit:
@@ -102,9 +121,13 @@ class AuthGuard:
                 retry_after=max(1, math.ceil(window.reset_seconds)),
             )
             raise error
+        if len(self._clear) >= _MAX_CACHED:
+            self._clear.clear()
+        self._clear[client_ip] = now + self._recheck
 
     async def failed(self, client_ip: str | None) -> None:
         if self._limit and client_ip is not None:
+            self._clear.pop(client_ip, None)
             await self._limiter.add(f"authfail:{client_ip}", 60, 1)
 
 

@@ -63,6 +63,7 @@ TAKE_TRIAL = (
 )
 GIVE_TRIAL = update(users).where(u.id == bindparam("p_uid")).values(trial_calls_left=u.trial_calls_left + 1)
 TOPUPS = select(u.lifetime_topup_nanos).where(u.id == bindparam("p_uid"))
+TRIALS_AND_TOPUPS = select(u.trial_calls_left, u.lifetime_topup_nanos).where(u.id == bindparam("p_uid"))
 ACCOUNT = select(u.balance_nanos, u.spend_day, u.spend_day_nanos, u.daily_cap_nanos).where(u.id == bindparam("p_uid"))
 BALANCE_FOR_UPDATE = select(u.balance_nanos).where(u.id == bindparam("p_uid")).with_for_update()
 # `delta` goes back to the balance (negative: taken beyond the hold) and off the day's and the key's spend.
@@ -147,9 +148,63 @@ def run_batch(
     """
     writes = _Writes(dt.datetime.now(dt.UTC))
     results: list[Result] = list(_settle_all(conn, settles, writes))
-    results.extend(_reserve(conn, request, hold, writes) for request, hold in reserves)
+    results.extend(_reserve_all(conn, reserves, writes))
     writes.flush(conn)
     return results
+
+
+def _reserve_all(
+    conn: BatchConnection, reserves: Sequence[tuple[HoldRequest, Hold]], writes: _Writes
+) -> list[Hold | GatewayError]:
+    """Every reserve, with the result it would have alone. Calls of one user and key that take from the balance share
+    one guarded UPDATE of the balance and one of the key's budget, for their total, when the total fits: each call
+    would then have fitted on its own (balance, daily cap and spend limit are sums). When it does not fit they go
+    one by one. Each user's trial calls and top-ups are read once per batch."""
+    results: dict[int, Hold | GatewayError] = {}
+    accounts: dict[int, tuple[int, int]] = {}
+    groups: dict[tuple[int, str, str], list[int]] = {}
+    for i, (request, hold) in enumerate(reserves):
+        if request.demo:
+            results[i] = _reserve(conn, request, hold, writes)
+            continue
+        if request.user_id not in accounts:
+            trials, topups = conn.fetch(TRIALS_AND_TOPUPS, {"p_uid": request.user_id})[0]
+            accounts[request.user_id] = (trials, topups)
+        trials, topups = accounts[request.user_id]
+        if request.unlock_nanos is not None and topups < request.unlock_nanos:
+            results[i] = _locked(request.unlock_nanos, topups)
+        elif request.trial_eligible and trials > 0:  # one by one: who gets the last trial calls is in order
+            results[i] = _reserve(conn, request, hold, writes)
+        else:
+            groups.setdefault((request.user_id, request.key_id, hold.day), []).append(i)
+    for (user_id, key_id, day), members in groups.items():
+        if len(members) > 1 and _take_together(conn, user_id, key_id, day, [reserves[i][0] for i in members]):
+            results.update((i, _held(reserves[i], writes)) for i in members)
+            continue
+        for i in members:
+            try:
+                _take_balance(conn, reserves[i][0], day)
+            except GatewayError as refused:
+                results[i] = refused
+                continue
+            results[i] = _held(reserves[i], writes)
+    return [results[i] for i in range(len(reserves))]
+
+
+def _take_together(conn: BatchConnection, user_id: int, key_id: str, day: str, requests: list[HoldRequest]) -> bool:
+    total = sum(r.amount for r in requests)
+    if conn.run(TAKE_BALANCE, {"p_uid": user_id, "p_amount": total, "p_day": day}) != 1:
+        return False
+    if conn.run(TAKE_KEY_BUDGET, {"p_kid": key_id, "p_amount": total}) == 1:
+        return True
+    conn.run(RETURN_TO_USER, {"p_uid": user_id, "p_delta": total, "p_day": day})
+    return False
+
+
+def _held(reserve: tuple[HoldRequest, Hold], writes: _Writes) -> Hold:
+    request, hold = reserve
+    writes.holds.append(_hold_row(hold, request.request_id, writes.now))
+    return hold
 
 
 def _reserve(conn: BatchConnection, request: HoldRequest, hold: Hold, writes: _Writes) -> Hold | GatewayError:
@@ -175,13 +230,17 @@ def _hold_row(hold: Hold, request_id: str, now: dt.datetime) -> dict[str, Any]:
 def _require_unlocked(conn: BatchConnection, request: HoldRequest) -> None:
     topups = conn.fetch(TOPUPS, {"p_uid": request.user_id})[0][0]
     if request.unlock_nanos is not None and topups < request.unlock_nanos:
-        raise PermissionDenied(
-            f"This model is not available on the free tier. It unlocks once your top-ups reach "
-            f"${money.usd_text(request.unlock_nanos)} (so far ${money.usd_text(topups)}); the free tier "
-            "covers the low-cost models marked free_tier in GET /v1/models.",
-            code="model_not_allowed_on_free_tier",
-            param="model",
-        )
+        raise _locked(request.unlock_nanos, topups)
+
+
+def _locked(unlock_nanos: int, topups: int) -> PermissionDenied:
+    return PermissionDenied(
+        f"This model is not available on the free tier. It unlocks once your top-ups reach "
+        f"${money.usd_text(unlock_nanos)} (so far ${money.usd_text(topups)}); the free tier "
+        "covers the low-cost models marked free_tier in GET /v1/models.",
+        code="model_not_allowed_on_free_tier",
+        param="model",
+    )
 
 
 def _take_balance(conn: BatchConnection, request: HoldRequest, day: str) -> None:

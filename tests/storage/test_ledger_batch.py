@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.errors import InsufficientCredit
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest
-from aipower.storage import accounts, db, ledger
+from aipower.storage import accounts, db, keys, ledger
 from aipower.storage.batch import BatchConnection, Statements
 from aipower.storage.ledger_sql import Settle, run_batch
 from aipower.storage.tables import api_keys, holds, request_log
@@ -217,3 +217,67 @@ def test_postgresql_sends_an_expanding_in_as_one_array() -> None:
     assert "holds.id = ANY($3)" in compiled.sql and "$1::INTEGER" in compiled.sql and "$2::VARCHAR" in compiled.sql
     assert compiled.values({"a": 1, "ids": ["x", "y"], "b": "m"}) == (1, "m", ["x", "y"])
     assert statements.get(query, ()) is compiled
+
+
+class Counting:
+    """A BatchConnection that counts the statements run through it."""
+
+    def __init__(self, inner: BatchConnection) -> None:
+        self.inner, self.statements = inner, 0
+
+    def run(self, statement: Any, params: Any) -> int:
+        self.statements += 1
+        return self.inner.run(statement, params)
+
+    def run_many(self, statement: Any, rows: Any) -> None:
+        self.statements += 1
+        self.inner.run_many(statement, rows)
+
+    def fetch(self, statement: Any, params: Any) -> list[tuple[Any, ...]]:
+        self.statements += 1
+        return self.inner.fetch(statement, params)
+
+
+async def reserve_batch(engine: AsyncEngine, requests: list[HoldRequest]) -> tuple[list[Any], int]:
+    """One batch of reserves in one transaction, as the ledger's writer runs it; the results and statements run."""
+    reserves = [(r, Hold(f"hold_{secrets.token_hex(6)}", r.user_id, r.key_id, r.amount, "balance", "2026-11-25"))
+                for r in requests]  # fmt: skip
+    runner = db.transactions(engine)
+    counted: list[Counting] = []
+
+    def work(conn: BatchConnection) -> list[Any]:
+        counted.append(Counting(conn))
+        return run_batch(counted[-1], settles=[], reserves=reserves)
+
+    try:
+        return await runner.run(work, len(reserves)), counted[-1].statements
+    finally:
+        await runner.close()
+
+
+async def test_reserves_of_one_key_in_a_batch_share_their_statements(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1")
+    results, statements = await reserve_batch(engine, [hold_request(user_id, key_id, USD // 10) for _ in range(10)])
+    assert all(isinstance(r, Hold) for r in results)
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos) == (0, USD)  # the whole balance, to the unit
+    assert statements <= 4  # the account read, the balance, the key budget, the hold rows: not 3 per call
+    assert await accounts.verify(engine) == []
+
+
+@pytest.mark.parametrize("limit", ["balance", "key"])
+async def test_a_batch_that_does_not_fit_together_gets_each_call_its_own_answer(
+    engine: AsyncEngine, limit: str
+) -> None:
+    user_id, key_id = await new_account(engine, "1" if limit == "balance" else "5")
+    if limit == "key":
+        await keys.restrict(engine, key_id, keys.KeyRestriction(spend_limit_nanos=USD))
+    results, _ = await reserve_batch(engine, [hold_request(user_id, key_id, 3 * USD // 20) for _ in range(10)])
+    held = [r for r in results if isinstance(r, Hold)]
+    refused = [r for r in results if isinstance(r, InsufficientCredit)]
+    assert (len(held), len(refused)) == (6, 4)  # 6 x 0.15 fits in 1 USD, the 7th does not
+    expected = "insufficient_credits" if limit == "balance" else "key_spend_limit_reached"
+    assert {r.code for r in refused} == {expected}
+    balance = await accounts.balance(engine, user_id)
+    assert balance.held_nanos == 6 * 3 * USD // 20
+    assert await accounts.verify(engine) == []

@@ -27,7 +27,8 @@ DIRECT_MODEL = "deepseek-chat"
 GATEWAY_MODEL = "deepseek/deepseek-chat"
 Prepare = Callable[[dict[str, str]], None]
 SCENARIOS_HELP = (
-    "scenarios (each has --help): python -m bench slow-streams | prompt-size | history | backends. See bench/README.md."
+    "scenarios (each has --help): python -m bench slow-streams | prompt-size | history | backends | backends-ab. "
+    "See bench/README.md."
 )
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 
 from aipower import money
 from aipower.errors import GatewayError, InsufficientCredit, PermissionDenied
@@ -77,8 +77,14 @@ RETURN_TO_USER = (
         ),
     )
 )
-RETURN_TO_KEY = (
-    update(api_keys).where(k.id == bindparam("p_kid")).values(spent_nanos=k.spent_nanos - bindparam("p_delta"))
+# A settled batch's one write per key: its unspent holds back to its spend, and when it was last used (NULL: unchanged).
+SETTLE_KEY = (
+    update(api_keys)
+    .where(k.id == bindparam("p_kid"))
+    .values(
+        spent_nanos=k.spent_nanos - bindparam("p_delta"),
+        last_used_at=func.coalesce(bindparam("p_now", type_=k.last_used_at.type), k.last_used_at),
+    )
 )
 OPEN_HOLDS = select(h.id).where(h.id.in_(bindparam("p_ids", expanding=True)), h.settled_at.is_(None)).with_for_update()
 KNOWN_HOLDS = select(h.id).where(h.id.in_(bindparam("p_ids", expanding=True)))
@@ -87,7 +93,6 @@ CLOSE_HOLD = (
     .where(h.id == bindparam("p_hid"), h.settled_at.is_(None))
     .values(settled_at=bindparam("p_now"), charged_nanos=bindparam("p_charged"))
 )
-STAMP_KEY = update(api_keys).where(k.id == bindparam("p_kid")).values(last_used_at=bindparam("p_now"))
 INSERT_HOLD = insert(holds)
 INSERT_LEDGER = insert(ledger)
 INSERT_LOG = insert(request_log)
@@ -110,10 +115,10 @@ class _Writes:
     holds: list[dict[str, Any]] = field(default_factory=list)
     closed: list[dict[str, Any]] = field(default_factory=list)
     to_users: list[dict[str, Any]] = field(default_factory=list)
-    to_keys: list[dict[str, Any]] = field(default_factory=list)
+    to_keys: dict[str, int] = field(default_factory=dict)  # key id -> nanos back to its spend
     ledger: list[dict[str, Any]] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
-    stamps: dict[str, dt.datetime] = field(default_factory=dict)
+    stamps: dict[str, dt.datetime] = field(default_factory=dict)  # key id -> last used
 
     def flush_balances(self, conn: BatchConnection) -> None:
         if self.to_users:
@@ -122,17 +127,19 @@ class _Writes:
 
     def flush(self, conn: BatchConnection) -> None:
         self.flush_balances(conn)
+        keys = [
+            {"p_kid": kid, "p_delta": self.to_keys.get(kid, 0), "p_now": self.stamps.get(kid)}
+            for kid in sorted(self.to_keys.keys() | self.stamps.keys())
+        ]
         for statement, rows in (
             (INSERT_HOLD, self.holds),
             (CLOSE_HOLD, self.closed),
-            (RETURN_TO_KEY, self.to_keys),
+            (SETTLE_KEY, keys),
             (INSERT_LEDGER, self.ledger),
             (INSERT_LOG, self.log),
         ):
             if rows:
                 conn.run_many(statement, rows)
-        if self.stamps:
-            conn.run_many(STAMP_KEY, [{"p_kid": kid, "p_now": at} for kid, at in self.stamps.items()])
 
 
 Settle = Settlement | Release
@@ -354,7 +361,7 @@ def _move(
     delta = hold.amount - charged
     if delta:
         w.to_users.append({"p_uid": hold.user_id, "p_delta": delta, "p_day": hold.day})
-        w.to_keys.append({"p_kid": hold.key_id, "p_delta": delta})
+        w.to_keys[hold.key_id] = w.to_keys.get(hold.key_id, 0) + delta
     if charged:
         w.ledger.append(_ledger_row(hold.user_id, -charged, "usage", request_id, note, w.now))
     return charged

@@ -18,7 +18,7 @@ from aipower.errors import InsufficientCredit
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest
 from aipower.storage import accounts, db, keys, ledger
 from aipower.storage.batch import BatchConnection, Statements
-from aipower.storage.ledger_sql import Settle, run_batch
+from aipower.storage.ledger_sql import Release, Settle, run_batch
 from aipower.storage.tables import api_keys, holds, request_log
 from aipower.storage.tables import ledger as ledger_table
 from tests.storage.test_ledger import USD, hold_request, new_account, settlement
@@ -281,3 +281,33 @@ async def test_a_batch_that_does_not_fit_together_gets_each_call_its_own_answer(
     balance = await accounts.balance(engine, user_id)
     assert balance.held_nanos == 6 * 3 * USD // 20
     assert await accounts.verify(engine) == []
+
+
+async def test_a_settled_batch_gives_each_key_its_unspent_holds_back_and_stamps_its_use(engine: AsyncEngine) -> None:
+    """One write per key: the unspent part of every hold back to the key's spend, and `last_used_at` set by a
+    served call but not by a hold released because its caller went away."""
+    user_id, key_id = await new_account(engine, "1")
+    await keys.restrict(engine, key_id, keys.KeyRestriction(spend_limit_nanos=USD))
+    book = ledger.SqlLedger(engine)
+    served, gone = await asyncio.gather(*(book.reserve(hold_request(user_id, key_id, 1000)) for _ in range(2)))
+    await book.close()
+    runner = db.transactions(engine)
+    try:
+        released = Release(gone, gone.id, "caller went away")
+        assert await runner.run(lambda conn: run_batch(conn, settles=[released], reserves=[])) == [0]
+        assert await key_state(engine, key_id) == (1000, None)  # the released hold's 1000 are back; not stamped
+        charges = await runner.run(lambda conn: run_batch(conn, settles=[settlement(served, 300)], reserves=[]))
+    finally:
+        await runner.close()
+    assert charges == [300]
+    spent, last_used = await key_state(engine, key_id)
+    assert spent == 300 and last_used is not None
+    assert await accounts.verify(engine) == []
+
+
+async def key_state(engine: AsyncEngine, key_id: str) -> tuple[int, Any]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(api_keys.c.spent_nanos, api_keys.c.last_used_at).where(api_keys.c.id == key_id))
+        ).one()
+    return int(row.spent_nanos), row.last_used_at

@@ -62,7 +62,6 @@ TAKE_TRIAL = (
     .values(trial_calls_left=u.trial_calls_left - 1)
 )
 GIVE_TRIAL = update(users).where(u.id == bindparam("p_uid")).values(trial_calls_left=u.trial_calls_left + 1)
-TOPUPS = select(u.lifetime_topup_nanos).where(u.id == bindparam("p_uid"))
 TRIALS_AND_TOPUPS = select(u.trial_calls_left, u.lifetime_topup_nanos).where(u.id == bindparam("p_uid"))
 ACCOUNT = select(u.balance_nanos, u.spend_day, u.spend_day_nanos, u.daily_cap_nanos).where(u.id == bindparam("p_uid"))
 BALANCE_FOR_UPDATE = select(u.balance_nanos).where(u.id == bindparam("p_uid")).with_for_update()
@@ -175,8 +174,7 @@ def _reserve_all(
             results[i] = _reserve(conn, request, hold, writes)
             continue
         if request.user_id not in accounts:
-            trials, topups = conn.fetch(TRIALS_AND_TOPUPS, {"p_uid": request.user_id})[0]
-            accounts[request.user_id] = (trials, topups)
+            accounts[request.user_id] = tuple(conn.fetch(TRIALS_AND_TOPUPS, {"p_uid": request.user_id})[0])
         trials, topups = accounts[request.user_id]
         if request.unlock_nanos is not None and topups < request.unlock_nanos:
             results[i] = _locked(request.unlock_nanos, topups)
@@ -215,29 +213,22 @@ def _held(reserve: tuple[HoldRequest, Hold], writes: _Writes) -> Hold:
 
 
 def _reserve(conn: BatchConnection, request: HoldRequest, hold: Hold, writes: _Writes) -> Hold | GatewayError:
+    """One call on its own (its premium unlock already checked): nothing for the demo key, a trial call when one
+    is left, else the balance."""
     try:
         if not request.demo:
-            if request.unlock_nanos is not None:
-                _require_unlocked(conn, request)
             if request.trial_eligible and conn.run(TAKE_TRIAL, {"p_uid": request.user_id}) == 1:
                 hold = Hold(hold.id, hold.user_id, hold.key_id, 0, "trial", hold.day)
             else:
                 _take_balance(conn, request, hold.day)
     except GatewayError as refused:
         return refused
-    writes.holds.append(_hold_row(hold, request.request_id, writes.now))
-    return hold
+    return _held((request, hold), writes)
 
 
 def _hold_row(hold: Hold, request_id: str, now: dt.datetime) -> dict[str, Any]:
     return {"id": hold.id, "user_id": hold.user_id, "key_id": hold.key_id, "request_id": request_id,
             "amount_nanos": hold.amount, "mode": hold.mode, "spend_day": hold.day, "created_at": now}  # fmt: skip
-
-
-def _require_unlocked(conn: BatchConnection, request: HoldRequest) -> None:
-    topups = conn.fetch(TOPUPS, {"p_uid": request.user_id})[0][0]
-    if request.unlock_nanos is not None and topups < request.unlock_nanos:
-        raise _locked(request.unlock_nanos, topups)
 
 
 def _locked(unlock_nanos: int, topups: int) -> PermissionDenied:

@@ -5,7 +5,8 @@ much less per command inside a pipeline. Under load many calls want Redis at onc
 is one script call), so `ScriptPipeline` group-commits them, like the ledger does its transactions: a call queues
 its command and waits; one writer task sends everything queued as one pipeline (`EVALSHA` each) and answers each
 caller from its own reply; while one pipeline is in flight the next one gathers. Nobody waits for a timer, and a
-lone call costs one round trip as before. Commands run in the order they were queued.
+lone call costs one round trip as before. Queued commands run in the order they were queued; a lone call may be
+overtaken by one queued after it (no caller issues a call that depends on another still in flight).
 
 Scripts are sent as `EVALSHA`; a Redis that lost its script cache (restarted, or `SCRIPT FLUSH`) answers NOSCRIPT,
 and the script is loaded and the command sent again. A connection error fails every call of its pipeline.

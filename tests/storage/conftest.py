@@ -1,11 +1,14 @@
-"""Fixtures shared by the storage tests that run against real Redis."""
+"""Fixtures shared by the storage tests: an engine on the session's database (SQLite and PostgreSQL), and a fresh
+Redis key prefix."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from aipower.storage import db
 from tests.redis_service import new_prefix, prefix_cleanup, require_redis
 
 
@@ -15,3 +18,10 @@ def prefix() -> Iterator[str]:
     require_redis()
     with prefix_cleanup(new_prefix()) as value:
         yield value
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    made = db.make_engine(database_url)
+    yield made
+    await made.dispose()

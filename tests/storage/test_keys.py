@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
@@ -12,17 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.gateway import keys as key_format
 from aipower.gateway.protocols import Caller
-from aipower.storage import db
 from aipower.storage import keys as key_store
 from aipower.storage import users as user_store
 from aipower.storage.tables import api_keys
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = db.make_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

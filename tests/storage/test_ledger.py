@@ -39,13 +39,6 @@ def settlement(hold: Hold, charge: int, succeeded: bool = True) -> Settlement:
     return Settlement(hold, charge, succeeded, entry)
 
 
-@pytest.fixture
-async def engine(database_url: str) -> AsyncEngine:
-    engine = db.make_engine(database_url)
-    yield engine  # type: ignore[misc]
-    await engine.dispose()
-
-
 async def test_parallel_reserves_never_overspend(database_url: str) -> None:
     engines = [db.make_engine(database_url) for _ in range(2)]  # two pools, like two processes
     try:

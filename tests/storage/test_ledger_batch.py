@@ -26,13 +26,6 @@ from tests.storage.test_ledger import USD, hold_request, new_account, settlement
 SYNCHRONOUS_COMMIT = select(func.current_setting("synchronous_commit"))
 
 
-@pytest.fixture
-async def engine(database_url: str) -> AsyncEngine:
-    engine = db.make_engine(database_url)
-    yield engine  # type: ignore[misc]
-    await engine.dispose()
-
-
 async def test_concurrent_calls_share_transactions_and_stay_exact(engine: AsyncEngine) -> None:
     user_id, key_id = await new_account(engine, "1")
     book = ledger.SqlLedger(engine)

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.gateway.protocols import LogEntry
-from aipower.storage import db
 from aipower.storage import keys as key_store
 from aipower.storage import users as user_store
 from aipower.storage.request_log import BufferedRequestLog, count, entry_columns, entry_of, recent
 from aipower.storage.tables import request_log
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = db.make_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.gateway.protocols import StoredResponse
-from aipower.storage import db
 from aipower.storage import users as user_store
 from aipower.storage.responses import SqlResponseStore
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = db.make_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def new_user(engine: AsyncEngine) -> int:

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aipower.storage import db
 from aipower.storage import users as user_store
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = db.make_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 def unique_email() -> str:

@@ -6,11 +6,16 @@ commit in WAL mode with synchronous=NORMAL does not fsync. Sending it to a threa
 transaction (two context switches and a loop wake-up), so such a batch runs on the event loop itself, with a
 busy timeout of 0: if another connection or process holds the write lock, BEGIN fails at once and the batch goes
 to the writer thread, which waits for the lock as before. Large batches (a loaded gateway) also go to the thread,
-so SQLite's work there overlaps with the loop. The only fsyncs are checkpoints: the inline connection never
-checkpoints (wal_autocheckpoint=0); every `checkpoint_every` inline commits the writer thread runs a PASSIVE
-checkpoint on its own connection, while the loop goes on (writers may append to the WAL during a checkpoint, and
-what is being checkpointed is already committed). Either way a batch is one transaction, committed before run()
+so SQLite's work there overlaps with the loop. Either way a batch is one transaction, committed before run()
 returns.
+
+Checkpoints (the only fsyncs) never run on the loop: the inline connection has wal_autocheckpoint=0, and every
+`checkpoint_every` inline commits the thread runs a PASSIVE checkpoint. While it runs, no batch runs inline: they
+wait on the thread, behind it. So the checkpoint copies the whole WAL into the database, and the next commit
+restarts the WAL from its start (unless a reader still uses it; the next checkpoint tries again). A checkpoint
+beside a steady inline writer never caught up with it: the WAL was never restarted and grew without end (about
+70 KB per call, 2 GB after 30,000 calls at c=1), and every commit extended the file. When the WAL restarts, the
+file is cut back to `journal_size_limit` (WAL_LIMIT_BYTES).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class WriterStats:
     inline: int = 0  # transactions run on the event loop
     threaded: int = 0  # transactions run on the writer thread
     checkpoints: int = 0
+
+
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 class SqliteWriter:
@@ -70,8 +78,8 @@ class SqliteWriter:
         return result
 
     def _begin_inline(self, ops: int) -> sqlite3.Connection | None:
-        if ops > self._inline_max_ops:
-            return None
+        if ops > self._inline_max_ops or not (self._checkpointing is None or self._checkpointing.done()):
+            return None  # a large batch, or a checkpoint running: on the thread
         connection = self._inline or self._connect_inline()
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -87,7 +95,7 @@ class SqliteWriter:
 
     def _count_commit(self) -> None:
         """Start a checkpoint on the thread (not waited for) once enough inline commits piled up in the WAL: a WAL
-        that only grows makes every commit extend the file, which cost 3-5x a commit into a recycled WAL."""
+        that only grows makes every commit extend the file, which cost 3-5x a commit into a restarted WAL."""
         self._since_checkpoint += 1
         if self._since_checkpoint < self._checkpoint_every:
             return
@@ -147,4 +155,5 @@ def _connect(path: str, timeout: float) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     return connection

@@ -105,6 +105,25 @@ async def test_checkpoints_run_every_n_inline_commits(path: str) -> None:
         assert check.execute("SELECT count(*) FROM holds").fetchone() == (35,)
 
 
+def _wal_pages(path: str) -> int:
+    return Path(path + "-wal").stat().st_size // 4096
+
+
+async def test_a_steady_writer_keeps_the_wal_small(path: str) -> None:
+    """Inline commits back to back, as one caller after another makes them: the checkpoint must still restart the
+    WAL, or it grows by every commit's pages for as long as the gateway runs."""
+    key_id = await _account(path)
+    writer = SqliteWriter(path, checkpoint_every=20)
+    for i in range(1500):
+        await writer.run(_insert(f"h{i}", key_id=key_id))
+    wal_pages = _wal_pages(path)  # before close(): the last connection to close removes the WAL
+    await writer.close()
+    assert wal_pages < 300  # 1,500 commits of 2+ pages each without restarts; 20-40 commits with them
+    assert writer.stats.checkpoints >= 10
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT count(*) FROM holds").fetchone() == (1500,)
+
+
 async def test_compiled_statements_store_what_sqlalchemy_reads_back(path: str) -> None:
     key_id = await _account(path)
     writer = SqliteWriter(path)

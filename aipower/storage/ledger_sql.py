@@ -39,6 +39,7 @@ TAKE_BALANCE = (
     update(users)
     .where(
         u.id == bindparam("p_uid"),
+        u.lifetime_topup_nanos >= bindparam("p_unlock"),  # the premium unlock (0: none needed)
         u.balance_nanos >= bindparam("p_amount"),
         (u.daily_cap_nanos.is_(None)) | (_SPENT_TODAY + bindparam("p_amount") <= u.daily_cap_nanos),
     )
@@ -63,7 +64,9 @@ TAKE_TRIAL = (
 )
 GIVE_TRIAL = update(users).where(u.id == bindparam("p_uid")).values(trial_calls_left=u.trial_calls_left + 1)
 TRIALS_AND_TOPUPS = select(u.trial_calls_left, u.lifetime_topup_nanos).where(u.id == bindparam("p_uid"))
-ACCOUNT = select(u.balance_nanos, u.spend_day, u.spend_day_nanos, u.daily_cap_nanos).where(u.id == bindparam("p_uid"))
+ACCOUNT = select(u.balance_nanos, u.spend_day, u.spend_day_nanos, u.daily_cap_nanos, u.lifetime_topup_nanos).where(
+    u.id == bindparam("p_uid")
+)
 BALANCE_FOR_UPDATE = select(u.balance_nanos).where(u.id == bindparam("p_uid")).with_for_update()
 # `delta` goes back to the balance (negative: taken beyond the hold) and off the day's and the key's spend.
 RETURN_TO_USER = (
@@ -164,8 +167,9 @@ def _reserve_all(
 ) -> list[Hold | GatewayError]:
     """Every reserve, with the result it would have alone. Calls of one user and key that take from the balance share
     one guarded UPDATE of the balance and one of the key's budget, for their total, when the total fits: each call
-    would then have fitted on its own (balance, daily cap and spend limit are sums). When it does not fit they go
-    one by one. Each user's trial calls and top-ups are read once per batch."""
+    would then have fitted on its own (balance, daily cap and spend limit are sums, the premium unlock a minimum).
+    When it does not fit they go one by one. The balance UPDATE checks the premium unlock too, so a paid call reads
+    nothing first; a user's trial calls (and top-ups) are read once per batch, for calls that may use a trial."""
     results: dict[int, Hold | GatewayError] = {}
     accounts: dict[int, tuple[int, int]] = {}
     groups: dict[tuple[int, str, str], list[int]] = {}
@@ -173,15 +177,17 @@ def _reserve_all(
         if request.demo:
             results[i] = _reserve(conn, request, hold, writes)
             continue
-        if request.user_id not in accounts:
-            accounts[request.user_id] = tuple(conn.fetch(TRIALS_AND_TOPUPS, {"p_uid": request.user_id})[0])
-        trials, topups = accounts[request.user_id]
-        if request.unlock_nanos is not None and topups < request.unlock_nanos:
-            results[i] = _locked(request.unlock_nanos, topups)
-        elif request.trial_eligible and trials > 0:  # one by one: who gets the last trial calls is in order
-            results[i] = _reserve(conn, request, hold, writes)
-        else:
-            groups.setdefault((request.user_id, request.key_id, hold.day), []).append(i)
+        if request.trial_eligible:
+            if request.user_id not in accounts:
+                accounts[request.user_id] = tuple(conn.fetch(TRIALS_AND_TOPUPS, {"p_uid": request.user_id})[0])
+            trials, topups = accounts[request.user_id]
+            if request.unlock_nanos is not None and topups < request.unlock_nanos:
+                results[i] = _locked(request.unlock_nanos, topups)
+                continue
+            if trials > 0:  # one by one: who gets the last trial calls is in order
+                results[i] = _reserve(conn, request, hold, writes)
+                continue
+        groups.setdefault((request.user_id, request.key_id, hold.day), []).append(i)
     for (user_id, key_id, day), members in groups.items():
         if len(members) > 1 and _take_together(conn, user_id, key_id, day, [reserves[i][0] for i in members]):
             results.update((i, _held(reserves[i], writes)) for i in members)
@@ -198,7 +204,8 @@ def _reserve_all(
 
 def _take_together(conn: BatchConnection, user_id: int, key_id: str, day: str, requests: list[HoldRequest]) -> bool:
     total = sum(r.amount for r in requests)
-    if conn.run(TAKE_BALANCE, {"p_uid": user_id, "p_amount": total, "p_day": day}) != 1:
+    unlock = max(r.unlock_nanos or 0 for r in requests)
+    if conn.run(TAKE_BALANCE, {"p_uid": user_id, "p_unlock": unlock, "p_amount": total, "p_day": day}) != 1:
         return False
     if conn.run(TAKE_KEY_BUDGET, {"p_kid": key_id, "p_amount": total}) == 1:
         return True
@@ -213,8 +220,8 @@ def _held(reserve: tuple[HoldRequest, Hold], writes: _Writes) -> Hold:
 
 
 def _reserve(conn: BatchConnection, request: HoldRequest, hold: Hold, writes: _Writes) -> Hold | GatewayError:
-    """One call on its own (its premium unlock already checked): nothing for the demo key, a trial call when one
-    is left, else the balance."""
+    """One call on its own: nothing for the demo key, a trial call when one is left (its premium unlock already
+    checked), else the balance."""
     try:
         if not request.demo:
             if request.trial_eligible and conn.run(TAKE_TRIAL, {"p_uid": request.user_id}) == 1:
@@ -242,9 +249,14 @@ def _locked(unlock_nanos: int, topups: int) -> PermissionDenied:
 
 
 def _take_balance(conn: BatchConnection, request: HoldRequest, day: str) -> None:
-    """The guarded balance UPDATE, then the key's spend limit (undoing the first if the second refuses)."""
+    """The guarded balance UPDATE (premium unlock, balance, daily cap), then the key's spend limit (undoing the
+    first if the second refuses)."""
     amount = request.amount
-    if conn.run(TAKE_BALANCE, {"p_uid": request.user_id, "p_amount": amount, "p_day": day}) != 1:
+    took = conn.run(
+        TAKE_BALANCE,
+        {"p_uid": request.user_id, "p_unlock": request.unlock_nanos or 0, "p_amount": amount, "p_day": day},
+    )
+    if took != 1:
         raise _refusal(conn, request, day)
     if conn.run(TAKE_KEY_BUDGET, {"p_kid": request.key_id, "p_amount": amount}) == 1:
         return
@@ -256,8 +268,10 @@ def _take_balance(conn: BatchConnection, request: HoldRequest, day: str) -> None
     )
 
 
-def _refusal(conn: BatchConnection, request: HoldRequest, day: str) -> InsufficientCredit:
-    balance, spend_day, spend_day_nanos, daily_cap = conn.fetch(ACCOUNT, {"p_uid": request.user_id})[0]
+def _refusal(conn: BatchConnection, request: HoldRequest, day: str) -> GatewayError:
+    balance, spend_day, spend_day_nanos, daily_cap, topups = conn.fetch(ACCOUNT, {"p_uid": request.user_id})[0]
+    if request.unlock_nanos is not None and topups < request.unlock_nanos:
+        return _locked(request.unlock_nanos, topups)
     if balance < request.amount:
         return InsufficientCredit(
             f"Insufficient credits: your balance is ${money.usd_text(balance)} and this request may cost "
@@ -276,6 +290,8 @@ def _refusal(conn: BatchConnection, request: HoldRequest, day: str) -> Insuffici
 def _settle_all(conn: BatchConnection, settles: Sequence[Settle], writes: _Writes) -> list[int | None]:
     if not settles:
         return []
+    if len(settles) == 1 and (charged := _close_alone(conn, settles[0], writes)) is not None:
+        return [charged]
     ids = list({s.hold.id for s in settles})
     still_open = {row[0] for row in conn.fetch(OPEN_HOLDS, {"p_ids": ids})}
     lost: set[str] = set()
@@ -293,6 +309,21 @@ def _settle_all(conn: BatchConnection, settles: Sequence[Settle], writes: _Write
         else:
             charges.append(None)  # already settled (e.g. by repair): never charge twice
     return charges
+
+
+def _close_alone(conn: BatchConnection, item: Settle, writes: _Writes) -> int | None:
+    """A batch's only settle closes its hold first (guarded: `settled_at IS NULL`, under the row's lock) and moves
+    the money only if that closed it: one statement, not a look-up and then an UPDATE. None: nothing was done here
+    (the hold was settled before or has no row, or the charge needs the balance read): the general path decides."""
+    hold = item.hold
+    charge = 0 if isinstance(item, Release) or hold.mode != "balance" else item.charge
+    if charge > hold.amount:
+        return None
+    if conn.run(CLOSE_HOLD, {"p_hid": hold.id, "p_now": writes.now, "p_charged": charge}) != 1:
+        return None
+    charged = _settle_one(conn, item, writes, closed=True)
+    assert charged == charge, (charged, charge)
+    return charged
 
 
 def _settle_lost(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
@@ -317,7 +348,8 @@ def _settle_lost(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
     return charged
 
 
-def _settle_one(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
+def _settle_one(conn: BatchConnection, item: Settle, writes: _Writes, *, closed: bool = False) -> int:
+    """Move the money and log the call; then close the hold with the batch's writes, unless it is `closed` already."""
     if isinstance(item, Release):
         charged = _move(conn, item.hold, 0, False, item.request_id, item.note, writes)
     else:
@@ -327,7 +359,8 @@ def _settle_one(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
         row["charged_nanos"] = charged
         writes.log.append(row)
         writes.stamps[item.hold.key_id] = writes.now
-    writes.closed.append({"p_hid": item.hold.id, "p_now": writes.now, "p_charged": charged})
+    if not closed:
+        writes.closed.append({"p_hid": item.hold.id, "p_now": writes.now, "p_charged": charged})
     return charged
 
 

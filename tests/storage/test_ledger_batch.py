@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aipower.errors import InsufficientCredit
+from aipower.errors import InsufficientCredit, PermissionDenied
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest
 from aipower.storage import accounts, db, keys, ledger
 from aipower.storage.batch import BatchConnection, Statements
@@ -254,7 +254,7 @@ async def test_reserves_of_one_key_in_a_batch_share_their_statements(engine: Asy
     assert all(isinstance(r, Hold) for r in results)
     balance = await accounts.balance(engine, user_id)
     assert (balance.balance_nanos, balance.held_nanos) == (0, USD)  # the whole balance, to the unit
-    assert statements <= 4  # the account read, the balance, the key budget, the hold rows: not 3 per call
+    assert statements <= 3  # the balance (premium unlock checked there too), the key budget, the hold rows
     assert await accounts.verify(engine) == []
 
 
@@ -273,6 +273,44 @@ async def test_a_batch_that_does_not_fit_together_gets_each_call_its_own_answer(
     assert {r.code for r in refused} == {expected}
     balance = await accounts.balance(engine, user_id)
     assert balance.held_nanos == 6 * 3 * USD // 20
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_batch_refuses_premium_calls_before_the_unlock_and_holds_the_others(engine: AsyncEngine) -> None:
+    """The premium unlock is checked by the balance UPDATE itself: a batch mixing calls to premium models (from a
+    user whose top-ups are below the unlock) with calls to free models refuses exactly the premium ones."""
+    user_id, key_id = await new_account(engine, "100")  # a grant: no top-ups
+    free, premium = hold_request(user_id, key_id, 1000), hold_request(user_id, key_id, 1000, unlock=5 * USD)
+    results, _ = await reserve_batch(engine, [free, premium, free, premium])
+    assert [type(r).__name__ for r in results] == ["Hold", "PermissionDenied", "Hold", "PermissionDenied"]
+    assert {r.code for r in results if isinstance(r, PermissionDenied)} == {"model_not_allowed_on_free_tier"}
+    assert (await accounts.balance(engine, user_id)).held_nanos == 2000
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_lone_call_is_three_statements_to_reserve_and_five_to_settle(engine: AsyncEngine) -> None:
+    """On PostgreSQL every statement is a round trip the caller waits for (at c=1, most of the gateway's added
+    latency): a paid call reads nothing before its guarded UPDATEs, and a lone settle closes its hold (guarded)
+    without looking it up first."""
+    user_id, key_id = await new_account(engine, "1")
+    (hold,), reserved = await reserve_batch(engine, [hold_request(user_id, key_id, 1000)])
+    assert reserved == 3  # balance, key budget, hold row
+    runner = db.transactions(engine)
+    counted: list[Counting] = []
+
+    def settle(conn: BatchConnection, item: Settle) -> list[Any]:
+        counted.append(Counting(conn))
+        return run_batch(counted[-1], settles=[item], reserves=[])
+
+    try:
+        assert await runner.run(lambda conn: settle(conn, settlement(hold, 300))) == [300]
+        assert counted[-1].statements == 5  # close, refund to the balance, key, ledger row, log row
+        assert await runner.run(lambda conn: settle(conn, settlement(hold, 300))) == [None]  # settled: nothing
+    finally:
+        await runner.close()
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos) == (USD - 300, 0)
+    assert await usage_rows(engine, user_id) == ([-300], [300])
     assert await accounts.verify(engine) == []
 
 

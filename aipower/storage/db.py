@@ -148,6 +148,25 @@ class DriverTransactions:
         async with self._engine.connect() as conn:
             return await conn.run_sync(self._transaction, work, durable)
 
+    async def alone(self, work: Callable[[BatchConnection], T]) -> T | None:
+        """Run `work`, one statement, outside any explicit transaction: the statement is its own (one round trip;
+        storage.ledger_alone). None if the pooled connection turned out to be closed: the caller then runs its batch,
+        which reconnects. An error after the statement was sent leaves its outcome unknown; the batch run after it
+        is still safe: a second hold is released by repair, and a settled hold is never charged again."""
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(self._alone, work)
+
+    def _alone(self, sync: Connection, work: Callable[[BatchConnection], T]) -> T | None:
+        driver: Driver | None = sync.connection.driver_connection
+        assert driver is not None
+        try:
+            return work(DriverBatch(driver, self._statements))
+        except Exception as exc:
+            if not driver.is_closed():
+                raise
+            sync.invalidate(exc)
+            return None
+
     def _transaction(self, sync: Connection, work: Callable[[BatchConnection], T], durable: bool) -> T:
         driver: Driver | None = sync.connection.driver_connection
         assert driver is not None

@@ -9,7 +9,8 @@ Group commit: reserve() and settle() queue their operation and wait for it. One 
 queued, runs it in a single transaction (on SQLite inline when small, else one thread hop), and answers each
 waiter only after that transaction has committed. Nobody waits for a timer: while one batch is being written the
 next one gathers. A lone call (no other call in flight in this process, nothing queued) skips the queue: its
-operation runs in the caller (on SQLite when the write lock is free), committed before it returns. A caller
+operation runs in the caller (on SQLite when the write lock is free; on PostgreSQL a paid call's reserve and settle
+are one statement each, storage.ledger_alone), committed before it returns. A caller
 never hears "done" for money that is not committed; a crash of the process loses at most work that no caller
 was told about (its holds stay open until repair releases them).
 
@@ -36,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aipower.errors import GatewayError
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
-from aipower.storage import db
+from aipower.storage import db, ledger_alone
 from aipower.storage.batch import AlchemyBatch
 from aipower.storage.ledger_sql import Release, Result, Settle, run_batch
 from aipower.storage.tables import holds, ledger
@@ -65,6 +66,9 @@ class SqlLedger:
         self._id_prefix = "hold_" + secrets.token_hex(8)
         self._serial = itertools.count()
         self._in_flight = 0  # calls between reserve() and settle(): more than one, and batching pays
+        driver = self._transactions
+        self._alone = driver if isinstance(driver, db.DriverTransactions) else None  # PostgreSQL's one-statement path
+        self._alone_running: set[asyncio.Future[bool | None]] = set()  # lone reserves still running (close waits)
 
     async def reserve(self, request: HoldRequest) -> Hold:
         mode: BillingMode = "demo" if request.demo else "balance"
@@ -74,6 +78,8 @@ class SqlLedger:
         self._in_flight += 1
         try:
             done = self._run_now([], [(request, hold)])
+            if done is None and self._alone is not None and self._lone() and ledger_alone.may_reserve_alone(request):
+                done = await self._reserve_alone(self._alone, request, hold)
             result = done[0] if done is not None else await self._queue(self._reserves, (request, hold))
         except BaseException:
             self._in_flight -= 1
@@ -88,6 +94,9 @@ class SqlLedger:
         """The charge, once it is committed (0 if the hold was already settled)."""
         try:
             done = self._run_now([settlement], [])
+            if done is None and self._alone is not None and self._lone() and ledger_alone.may_settle_alone(settlement):
+                charged = await self._alone.alone(partial(ledger_alone.settle, settlement=settlement, now=_now()))
+                done = None if charged is None else [charged]
             result = done[0] if done is not None else await self._queue(self._settles, settlement)
         finally:
             self._in_flight = max(0, self._in_flight - 1)
@@ -96,6 +105,7 @@ class SqlLedger:
 
     async def close(self) -> None:
         """Wait for the queued work to commit, then close the writer's connection."""
+        await asyncio.gather(*self._alone_running, return_exceptions=True)
         if self._writer is not None:
             await self._writer
         await self._transactions.close()
@@ -104,12 +114,38 @@ class SqlLedger:
         """A lone call's operation runs right here when the backend can do it without waiting (SQLite with the write
         lock free): no writer task, no future. None otherwise; also when other calls are in flight, whose operations
         are better committed together."""
-        if self._in_flight > 1 or self._settles or self._reserves:
-            return None
-        if self._writer is not None and not self._writer.done():
+        if not self._lone():
             return None
         work = partial(run_batch, settles=settles, reserves=reserves)
         return self._transactions.run_now(work, 1, durable=bool(settles))
+
+    def _lone(self) -> bool:
+        """No other call in flight in this process, nothing queued, no batch being written."""
+        if self._in_flight > 1 or self._settles or self._reserves:
+            return False
+        return self._writer is None or self._writer.done()
+
+    async def _reserve_alone(
+        self, alone: db.DriverTransactions, request: HoldRequest, hold: Hold
+    ) -> list[Result] | None:
+        """[hold] if the one-statement reserve took it; None to run the general batch. If the caller goes away
+        meanwhile, the statement still finishes, and a hold it took is released (uncharged) by the next batch."""
+        work = partial(ledger_alone.reserve, request=request, hold=hold, now=_now())
+        running = asyncio.ensure_future(alone.alone(work))
+        self._alone_running.add(running)
+        running.add_done_callback(self._alone_running.discard)
+        try:
+            took = await asyncio.shield(running)
+        except asyncio.CancelledError:
+            running.add_done_callback(partial(self._release_if_taken, hold))
+            raise
+        return [hold] if took else None
+
+    def _release_if_taken(self, hold: Hold, running: asyncio.Future[bool | None]) -> None:
+        if not running.cancelled() and running.exception() is None and running.result():
+            self._release_later(hold)
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write(), name="ledger-writer")
 
     async def _queue(self, queue: list[_Waiting[Op]], op: Op) -> Result:
         waiting = _Waiting(op, asyncio.get_running_loop().create_future())
@@ -148,6 +184,10 @@ class SqlLedger:
         answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         answer.add_done_callback(_consume)
         self._settles.append(_Waiting(Release(hold, hold.id, "caller went away"), answer))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _answer(future: asyncio.Future[Result], result: Result | Exception) -> None:

@@ -6,6 +6,7 @@ with synchronous_commit off and anything with a settle commits durably."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import secrets
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.errors import InsufficientCredit, PermissionDenied
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest
-from aipower.storage import accounts, db, keys, ledger
+from aipower.storage import accounts, db, keys, ledger, ledger_alone
 from aipower.storage.batch import BatchConnection, Statements
 from aipower.storage.ledger_sql import Release, Settle, run_batch
 from aipower.storage.tables import api_keys, holds, request_log
@@ -189,13 +190,20 @@ async def test_postgresql_reserves_alone_commit_asynchronously(
     monkeypatch.setattr(ledger, "run_batch", recording)
     user_id, key_id = await new_account(engine, "1")
     book = ledger.SqlLedger(engine)
-    hold = await book.reserve(hold_request(user_id, key_id, 1000))
-    assert await book.settle(settlement(hold, 10)) == 10
-    held = await asyncio.gather(*(book.reserve(hold_request(user_id, key_id, 1000)) for _ in range(3)))
-    await asyncio.gather(*(book.settle(settlement(h, 10)) for h in held))
+    for _ in range(2):
+        held = await asyncio.gather(*(book.reserve(hold_request(user_id, key_id, 1000)) for _ in range(4)))
+        await asyncio.gather(*(book.settle(settlement(h, 10)) for h in held))
     await book.close()
-    assert seen[:2] == [(0, 1, "off"), (1, 0, default)]
-    assert all(value == ("off" if settles == 0 else default) for settles, _, value in seen)
+    assert {(settles > 0, value) for settles, _, value in seen} == {(False, "off"), (True, default)}
+    # A lone call's reserve is one function call, in its own transaction: the function turns synchronous_commit off.
+    async with engine.connect() as conn:
+        lone = hold_request(user_id, key_id, 1000)
+        params = {"p_uid": user_id, "p_kid": key_id, "p_hid": "hold_lone", "p_rid": lone.request_id,
+                  "p_amount": 1000, "p_unlock": 0, "p_day": "2026-11-25", "p_now": dt.datetime.now(dt.UTC)}  # fmt: skip
+        transaction = await conn.begin()
+        assert (await conn.execute(ledger_alone.RESERVE_ALONE, params)).scalar_one() is True
+        assert (await conn.execute(SYNCHRONOUS_COMMIT)).scalar_one() == "off"
+        await transaction.rollback()
     async with engine.connect() as conn:  # a pooled connection is back at the server's setting
         assert (await conn.execute(SYNCHRONOUS_COMMIT)).scalar_one() == default
 
@@ -311,6 +319,38 @@ async def test_a_lone_call_is_three_statements_to_reserve_and_five_to_settle(eng
     balance = await accounts.balance(engine, user_id)
     assert (balance.balance_nanos, balance.held_nanos) == (USD - 300, 0)
     assert await usage_rows(engine, user_id) == ([-300], [300])
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_lone_call_refused_by_its_key_limit_takes_nothing(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1")
+    await keys.restrict(engine, key_id, keys.KeyRestriction(spend_limit_nanos=1500))
+    book = ledger.SqlLedger(engine)
+    hold = await book.reserve(hold_request(user_id, key_id, 1000))
+    with pytest.raises(InsufficientCredit) as refused:  # 1000 + 1000 is over the key's 1500
+        await book.reserve(hold_request(user_id, key_id, 1000))
+    assert refused.value.code == "key_spend_limit_reached"
+    assert await book.settle(settlement(hold, 400)) == 400
+    await book.close()
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos) == (USD - 400, 0)
+    assert await key_state(engine, key_id) == (400, (await key_state(engine, key_id))[1])
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_lone_reserve_whose_caller_went_away_leaves_no_open_hold(engine: AsyncEngine) -> None:
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine)
+    reserving = asyncio.create_task(book.reserve(hold_request(user_id, key_id, 1000)))
+    await asyncio.sleep(0)  # the reserve is under way (on PostgreSQL, its one statement is in flight)
+    if reserving.done():
+        pytest.skip("SQLite: a lone reserve commits inline, before its caller can go away")
+    reserving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reserving
+    await book.close()  # waits for the statement, and for the release of a hold it took
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos) == (USD, 0)
     assert await accounts.verify(engine) == []
 
 

@@ -1,0 +1,108 @@
+"""PostgreSQL: a lone paid call's reserve and settle as one statement each. Storage layer.
+
+A batch on PostgreSQL is a network round trip per statement: BEGIN, three statements and COMMIT to reserve, BEGIN,
+five and COMMIT to settle. A caller alone (nothing else in flight in the process) waited for all twelve, most of
+the gateway's added latency at c=1. For the common case, a paid call whose charge is within its hold, the
+functions of migration 0004 do the same writes with the same guards in one statement: one round trip each, in the
+statement's own transaction. The reserve commits without waiting for the disk (as a batch of reserves does), the
+settle durably. When a guard refuses (no balance, daily cap, premium unlock, key limit; a hold already settled or
+lost) nothing is written and the answer is None: the caller runs the general batch, which finds out why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, String, bindparam, func, insert, select
+from sqlalchemy.sql.expression import Executable
+
+from aipower.gateway.protocols import Hold, HoldRequest, Settlement
+from aipower.storage.batch import BatchConnection
+from aipower.storage.request_log import entry_columns, row_of
+from aipower.storage.tables import holds, request_log
+
+_NOW = holds.c.created_at.type
+KEY_LIMIT_SQLSTATE = "AP402"  # raised by aipower_reserve_alone when the key's spend limit refuses (rolled back)
+
+_S, _I, _B = String, Integer, BigInteger
+
+
+def _call(name: str, *params: tuple[str, Any]) -> Any:
+    """name($1::type, ...) with one typed bind per (name, type)."""
+    return getattr(func, name)(*(bindparam(param, type_=kind) for param, kind in params))
+
+
+RESERVE_ALONE: Executable = select(
+    _call(
+        "aipower_reserve_alone",
+        ("p_uid", _I),
+        ("p_kid", _S),
+        ("p_hid", _S),
+        ("p_rid", _S),
+        ("p_amount", _B),
+        ("p_unlock", _B),
+        ("p_day", _S),
+        ("p_now", _NOW),
+    )
+)
+_settled = select(
+    _call(
+        "aipower_settle_alone",
+        ("p_hid", _S),
+        ("p_uid", _I),
+        ("p_kid", _S),
+        ("p_amount", _B),
+        ("p_charge", _B),
+        ("p_day", _S),
+        ("p_rid", _S),
+        ("p_note", _S),
+        ("p_now", _NOW),
+    ).label("charged")
+).subquery("settled")
+_LOG = [c for c in entry_columns() if c.name != "charged_nanos"]  # what the function charged goes there
+# The log row is written by the same statement, only if the function closed the hold.
+SETTLE_ALONE: Executable = (
+    insert(request_log)
+    .from_select(
+        [*(c.name for c in _LOG), "charged_nanos"],
+        select(*(bindparam(f"log_{c.name}", type_=c.type) for c in _LOG), _settled.c.charged).where(
+            _settled.c.charged.is_not(None)
+        ),
+        include_defaults=False,
+    )
+    .returning(request_log.c.charged_nanos)
+)
+
+
+def may_reserve_alone(request: HoldRequest) -> bool:
+    """Paid calls: the demo key and calls that may use a trial call go through the general batch."""
+    return not request.demo and not request.trial_eligible
+
+
+def reserve(conn: BatchConnection, *, request: HoldRequest, hold: Hold, now: Any) -> bool:
+    """True if the hold was taken; False if a guard refused and nothing was written."""
+    params = {"p_uid": hold.user_id, "p_kid": hold.key_id, "p_hid": hold.id, "p_rid": request.request_id,
+              "p_amount": hold.amount, "p_unlock": request.unlock_nanos or 0, "p_day": hold.day,
+              "p_now": now}  # fmt: skip
+    try:
+        return bool(conn.fetch(RESERVE_ALONE, params)[0][0])
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == KEY_LIMIT_SQLSTATE:  # the function's transaction was rolled back
+            return False
+        raise
+
+
+def may_settle_alone(settlement: Settlement) -> bool:
+    """A paid hold charged at most its amount (a charge above it needs the balance read first)."""
+    return settlement.hold.mode == "balance" and 0 <= settlement.charge <= settlement.hold.amount
+
+
+def settle(conn: BatchConnection, *, settlement: Settlement, now: Any) -> int | None:
+    """The charge, or None if nothing was done (the hold was not open): then the general batch decides."""
+    hold, entry = settlement.hold, settlement.entry
+    params = {"p_hid": hold.id, "p_uid": hold.user_id, "p_kid": hold.key_id, "p_amount": hold.amount,
+              "p_charge": settlement.charge, "p_day": hold.day, "p_rid": entry.request_id, "p_note": entry.model,
+              "p_now": now}  # fmt: skip
+    params.update((f"log_{name}", value) for name, value in row_of(entry).items())
+    rows = conn.fetch(SETTLE_ALONE, params)
+    return int(rows[0][0]) if rows else None

@@ -144,15 +144,17 @@ class SqlLedger:
     def _release_if_taken(self, hold: Hold, running: asyncio.Future[bool | None]) -> None:
         if not running.cancelled() and running.exception() is None and running.result():
             self._release_later(hold)
-            if self._writer is None or self._writer.done():
-                self._writer = asyncio.create_task(self._write(), name="ledger-writer")
+            self._start_writer()
 
     async def _queue(self, queue: list[_Waiting[Op]], op: Op) -> Result:
         waiting = _Waiting(op, asyncio.get_running_loop().create_future())
         queue.append(waiting)
+        self._start_writer()
+        return await waiting.answer
+
+    def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="ledger-writer")
-        return await waiting.answer
 
     async def _write(self) -> None:
         """Commit batches until the queues are empty; each waiter is answered after its batch commits."""

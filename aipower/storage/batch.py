@@ -30,7 +30,11 @@ Params = Mapping[str, Any]
 
 
 class BatchConnection(Protocol):
-    """The statements a batch needs, on whichever connection runs its transaction."""
+    """The statements a batch needs, on whichever connection runs its transaction. `locks_rows`: the database locks
+    rows, not itself (PostgreSQL), so two transactions can deadlock unless they lock in one order (ledger_sql)."""
+
+    @property
+    def locks_rows(self) -> bool: ...
 
     def run(self, statement: Executable, params: Params) -> int:
         """Execute; the number of rows it matched (UPDATE/DELETE)."""
@@ -43,10 +47,11 @@ class BatchConnection(Protocol):
 class AlchemyBatch:
     """A BatchConnection on a SQLAlchemy Connection (repair, and in-memory SQLite through run_sync)."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "locks_rows")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self.locks_rows = conn.dialect.name == "postgresql"
 
     def run(self, statement: Executable, params: Params) -> int:
         return int(self._conn.execute(statement, dict(params)).rowcount)
@@ -151,6 +156,7 @@ class SqliteBatch:
     """A BatchConnection on a plain sqlite3 connection inside its transaction."""
 
     __slots__ = ("_cursor", "_statements")
+    locks_rows = False  # one writer at a time: BEGIN IMMEDIATE takes the database's write lock
 
     def __init__(self, connection: sqlite3.Connection, statements: Statements) -> None:
         self._cursor = connection.cursor()
@@ -191,6 +197,7 @@ class DriverBatch:
     each statement text once per connection (its statement cache) and then only binds values."""
 
     __slots__ = ("_driver", "_statements")
+    locks_rows = True
 
     def __init__(self, driver: Driver, statements: Statements) -> None:
         self._driver = driver

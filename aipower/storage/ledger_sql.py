@@ -11,6 +11,11 @@ A batch of reserves only may commit without waiting for the disk (db.Transaction
 crash can then lose a hold, and with it the balance it took. Its call was served, so its settle finds no row at
 all for the hold and charges the balance instead (`_settle_lost`); a hold that exists but is settled is never
 charged again.
+
+Lock order (PostgreSQL, where several processes' batches run at once): holds, then users in ascending id, then keys.
+A batch that touches more than one user locks them all with one statement, after its holds and before any other
+write, and a key is only ever locked after its user, so two batches cannot wait for each other in a circle. The
+lone-call functions (ledger_alone) lock hold, user, key, the same order.
 """
 
 from __future__ import annotations
@@ -88,7 +93,13 @@ SETTLE_KEY = (
         last_used_at=func.coalesce(bindparam("p_now", type_=k.last_used_at.type), k.last_used_at),
     )
 )
-OPEN_HOLDS = select(h.id).where(h.id.in_(bindparam("p_ids", expanding=True)), h.settled_at.is_(None)).with_for_update()
+OPEN_HOLDS = (
+    select(h.id)
+    .where(h.id.in_(bindparam("p_ids", expanding=True)), h.settled_at.is_(None))
+    .order_by(h.id)
+    .with_for_update()
+)
+LOCK_USERS = select(u.id).where(u.id.in_(bindparam("p_uids", expanding=True))).order_by(u.id).with_for_update()
 KNOWN_HOLDS = select(h.id).where(h.id.in_(bindparam("p_ids", expanding=True)))
 CLOSE_HOLD = (
     update(holds)
@@ -156,10 +167,32 @@ def run_batch(
     A refused reserve (402/403) is its result, not an exception: it changed nothing, and the batch goes on.
     """
     writes = _Writes(dt.datetime.now(dt.UTC))
-    results: list[Result] = list(_settle_all(conn, settles, writes))
+    users = _users_to_lock(conn, settles, reserves)
+    results: list[Result] = []
+    if settles:
+        results.extend(_settle_all(conn, settles, writes, users))  # locks its holds, then the users
+    else:
+        _lock_users(conn, users)
     results.extend(_reserve_all(conn, reserves, writes))
     writes.flush(conn)
     return results
+
+
+def _users_to_lock(
+    conn: BatchConnection, settles: Sequence[Settle], reserves: Sequence[tuple[HoldRequest, Hold]]
+) -> list[int]:
+    """The users a batch must lock up front, in ascending id: none on SQLite, nor for a batch of one user (the demo
+    user's row is never written, so never locked: every process's demo calls would queue on it)."""
+    if not conn.locks_rows:
+        return []
+    ids = {s.hold.user_id for s in settles if s.hold.mode != "demo"}
+    ids.update(request.user_id for request, _ in reserves if not request.demo)
+    return sorted(ids) if len(ids) > 1 else []
+
+
+def _lock_users(conn: BatchConnection, users: list[int]) -> None:
+    if users:
+        conn.fetch(LOCK_USERS, {"p_uids": users})
 
 
 def _reserve_all(
@@ -287,13 +320,14 @@ def _refusal(conn: BatchConnection, request: HoldRequest, day: str) -> GatewayEr
     )
 
 
-def _settle_all(conn: BatchConnection, settles: Sequence[Settle], writes: _Writes) -> list[int | None]:
-    if not settles:
-        return []
-    if len(settles) == 1 and (charged := _close_alone(conn, settles[0], writes)) is not None:
+def _settle_all(
+    conn: BatchConnection, settles: Sequence[Settle], writes: _Writes, users: list[int]
+) -> list[int | None]:
+    if len(settles) == 1 and (charged := _close_alone(conn, settles[0], writes, users)) is not None:
         return [charged]
     ids = list({s.hold.id for s in settles})
     still_open = {row[0] for row in conn.fetch(OPEN_HOLDS, {"p_ids": ids})}
+    _lock_users(conn, users)
     lost: set[str] = set()
     if len(still_open) < len(ids):  # rare: settled before (a double settle, repair), or lost with its reserve
         missing = [i for i in ids if i not in still_open]
@@ -311,7 +345,7 @@ def _settle_all(conn: BatchConnection, settles: Sequence[Settle], writes: _Write
     return charges
 
 
-def _close_alone(conn: BatchConnection, item: Settle, writes: _Writes) -> int | None:
+def _close_alone(conn: BatchConnection, item: Settle, writes: _Writes, users: list[int]) -> int | None:
     """A batch's only settle closes its hold first (guarded: `settled_at IS NULL`, under the row's lock) and moves
     the money only if that closed it: one statement, not a look-up and then an UPDATE. None: nothing was done here
     (the hold was settled before or has no row, or the charge needs the balance read): the general path decides."""
@@ -321,6 +355,7 @@ def _close_alone(conn: BatchConnection, item: Settle, writes: _Writes) -> int | 
         return None
     if conn.run(CLOSE_HOLD, {"p_hid": hold.id, "p_now": writes.now, "p_charged": charge}) != 1:
         return None
+    _lock_users(conn, users)
     charged = _settle_one(conn, item, writes, closed=True)
     assert charged == charge, (charged, charge)
     return charged

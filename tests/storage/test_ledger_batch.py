@@ -225,6 +225,7 @@ class Counting:
 
     def __init__(self, inner: BatchConnection) -> None:
         self.inner, self.statements = inner, 0
+        self.locks_rows = inner.locks_rows
 
     def run(self, statement: Any, params: Any) -> int:
         self.statements += 1

@@ -1,0 +1,107 @@
+"""Several gateway processes on one PostgreSQL database: their ledger batches lock rows in one global order (holds,
+then users by id, then keys), so two batches that touch the same users in opposite orders wait for each other
+instead of deadlocking (PostgreSQL would abort one of them, and every caller in it would get an error)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aipower.gateway.protocols import Hold, HoldRequest
+from aipower.storage import accounts, db
+from aipower.storage.batch import BatchConnection
+from aipower.storage.ledger_sql import Settle, run_batch
+from tests.storage.test_ledger import USD, hold_request, new_account, settlement
+
+
+def held(request: HoldRequest) -> tuple[HoldRequest, Hold]:
+    hold_id = f"hold_{secrets.token_hex(6)}"
+    return request, Hold(hold_id, request.user_id, request.key_id, request.amount, "balance", "2026-11-26")
+
+
+async def run_both(
+    runners: list[db.Transactions], batches: list[tuple[list[Settle], list[tuple[HoldRequest, Hold]]]]
+) -> list[Any]:
+    """The batches at once, each in its own transaction on its own pool, as two processes' writers run them."""
+
+    def work(settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> Any:
+        return lambda conn: run_batch(conn, settles, reserves)
+
+    runs = [
+        runner.run(work(settles, reserves), len(settles) + len(reserves), durable=bool(settles))
+        for runner, (settles, reserves) in zip(runners, batches, strict=True)
+    ]
+    return await asyncio.gather(*runs, return_exceptions=True)
+
+
+async def test_two_processes_batches_over_the_same_users_in_opposite_orders_both_commit(database_url: str) -> None:
+    engines = [db.make_engine(database_url, ledger=True) for _ in range(2)]  # two pools, like two processes
+    runners = [db.transactions(e) for e in engines]
+    try:
+        (a, ka), (b, kb) = [await new_account(engines[0], "1") for _ in range(2)]
+        for _ in range(5):  # reserves of A then B against B then A
+            outcome = await run_both(
+                runners,
+                [([], [held(hold_request(a, ka, 1000)), held(hold_request(b, kb, 1000))]),
+                 ([], [held(hold_request(b, kb, 1000)), held(hold_request(a, ka, 1000))])],
+            )  # fmt: skip
+            assert all(isinstance(r, list) for r in outcome), outcome  # no batch aborted
+        for _ in range(5):  # settles (refunds to A, then B's reserve) against the mirror image
+            first, second = held(hold_request(a, ka, 1000)), held(hold_request(b, kb, 1000))
+            await run_both(runners, [([], [first]), ([], [second])])
+            outcome = await run_both(
+                runners,
+                [([settlement(first[1], 100)], [held(hold_request(b, kb, 1000))]),
+                 ([settlement(second[1], 100)], [held(hold_request(a, ka, 1000))])],
+            )  # fmt: skip
+            assert all(isinstance(r, list) for r in outcome), outcome
+        for user_id in (a, b):
+            balance = await accounts.balance(engines[0], user_id)
+            assert balance.balance_nanos + balance.held_nanos == USD - 5 * 100
+        assert await accounts.verify(engines[0]) == []
+    finally:
+        for runner in runners:
+            await runner.close()
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_a_batch_over_several_users_locks_them_once_in_id_order(engine: AsyncEngine) -> None:
+    """One statement locks a batch's users, in ascending id, before any other write touches them (PostgreSQL only:
+    SQLite's write lock covers the whole database, and the batch there sends no such statement)."""
+    (a, ka), (b, kb) = [await new_account(engine, "1") for _ in range(2)]
+    seen: list[str] = []
+
+    class Recording:
+        def __init__(self, inner: BatchConnection) -> None:
+            self.inner = inner
+            self.locks_rows = inner.locks_rows
+
+        def run(self, statement: Any, params: Any) -> int:
+            seen.append(str(statement).split()[0] + " " + str(params.get("p_uid", "")))
+            return self.inner.run(statement, params)
+
+        def run_many(self, statement: Any, rows: Any) -> None:
+            seen.append(str(statement).split()[0])
+            self.inner.run_many(statement, rows)
+
+        def fetch(self, statement: Any, params: Any) -> list[tuple[Any, ...]]:
+            seen.append("SELECT " + str(params.get("p_uids", "")))
+            return self.inner.fetch(statement, params)
+
+    runner = db.transactions(engine)
+    try:
+        reserves = [held(hold_request(b, kb, 1000)), held(hold_request(a, ka, 1000))]
+        results = await runner.run(lambda conn: run_batch(Recording(conn), [], reserves), 2)
+    finally:
+        await runner.close()
+    assert all(isinstance(r, Hold) for r in results)
+    writes = [s for s in seen if not s.startswith("SELECT")]
+    if engine.dialect.name == "postgresql":
+        assert seen[0] == f"SELECT {sorted([a, b])}" and len(seen) == len(writes) + 1  # one lock, before any write
+    else:
+        assert seen == writes
+    assert writes[:2] == [f"UPDATE {b}", "UPDATE "]  # then the reserves, in their own order

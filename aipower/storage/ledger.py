@@ -9,8 +9,8 @@ Group commit: reserve() and settle() queue their operation and wait for it. One 
 queued, runs it in a single transaction (on SQLite inline when small, else one thread hop), and answers each
 waiter only after that transaction has committed. Nobody waits for a timer: while one batch is being written the
 next one gathers. A lone call (no other call in flight in this process, nothing queued) skips the queue: its
-operation runs in the caller (on SQLite when the write lock is free; on PostgreSQL a paid call's reserve and settle
-are one statement each, storage.ledger_alone), committed before it returns. A caller
+operation runs in the caller (on SQLite when the write lock is free; on PostgreSQL a call's reserve and a paid
+hold's settle are one statement each, storage.ledger_alone), committed before it returns. A caller
 never hears "done" for money that is not committed; a crash of the process loses at most work that no caller
 was told about (its holds stay open until repair releases them).
 
@@ -68,7 +68,7 @@ class SqlLedger:
         self._in_flight = 0  # calls between reserve() and settle(): more than one, and batching pays
         driver = self._transactions
         self._alone = driver if isinstance(driver, db.DriverTransactions) else None  # PostgreSQL's one-statement path
-        self._alone_running: set[asyncio.Future[bool | None]] = set()  # lone reserves still running (close waits)
+        self._alone_running: set[asyncio.Future[Hold | None]] = set()  # lone reserves still running (close waits)
 
     async def reserve(self, request: HoldRequest) -> Hold:
         mode: BillingMode = "demo" if request.demo else "balance"
@@ -128,22 +128,23 @@ class SqlLedger:
     async def _reserve_alone(
         self, alone: db.DriverTransactions, request: HoldRequest, hold: Hold
     ) -> list[Result] | None:
-        """[hold] if the one-statement reserve took it; None to run the general batch. If the caller goes away
-        meanwhile, the statement still finishes, and a hold it took is released (uncharged) by the next batch."""
+        """[the hold] if the one-statement reserve took it (a trial call's, maybe); None to run the general batch.
+        If the caller goes away meanwhile, the statement still finishes, and a hold it took is released (uncharged)
+        by the next batch."""
         work = partial(ledger_alone.reserve, request=request, hold=hold, now=_now())
-        running = asyncio.ensure_future(alone.alone(work))
+        running: asyncio.Future[Hold | None] = asyncio.ensure_future(alone.alone(work))
         self._alone_running.add(running)
         running.add_done_callback(self._alone_running.discard)
         try:
-            took = await asyncio.shield(running)
+            taken = await asyncio.shield(running)
         except asyncio.CancelledError:
-            running.add_done_callback(partial(self._release_if_taken, hold))
+            running.add_done_callback(self._release_if_taken)
             raise
-        return [hold] if took else None
+        return None if taken is None else [taken]
 
-    def _release_if_taken(self, hold: Hold, running: asyncio.Future[bool | None]) -> None:
-        if not running.cancelled() and running.exception() is None and running.result():
-            self._release_later(hold)
+    def _release_if_taken(self, running: asyncio.Future[Hold | None]) -> None:
+        if not running.cancelled() and running.exception() is None and (taken := running.result()) is not None:
+            self._release_later(taken)
             self._start_writer()
 
     async def _queue(self, queue: list[_Waiting[Op]], op: Op) -> Result:

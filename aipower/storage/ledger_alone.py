@@ -1,28 +1,29 @@
-"""PostgreSQL: a lone paid call's reserve and settle as one statement each. Storage layer.
+"""PostgreSQL: a lone call's reserve and settle as one statement each. Storage layer.
 
 A batch on PostgreSQL is a network round trip per statement: BEGIN, three statements and COMMIT to reserve, BEGIN,
 five and COMMIT to settle. A caller alone (nothing else in flight in the process) waited for all twelve, most of
-the gateway's added latency at c=1. For the common case, a paid call whose charge is within its hold, the
-functions of migration 0004 do the same writes with the same guards in one statement: one round trip each, in the
-statement's own transaction. The reserve commits without waiting for the disk (as a batch of reserves does), the
-settle durably. When a guard refuses (no balance, daily cap, premium unlock, key limit; a hold already settled or
-lost) nothing is written and the answer is None: the caller runs the general batch, which finds out why.
+the gateway's added latency at c=1. For the common case the functions of migrations 0004 and 0005 do the same
+writes with the same guards in one statement: one round trip each, in the statement's own transaction. The reserve
+(a paid call, or one that may use a trial call: it takes a trial call while the user has some, else the balance)
+commits without waiting for the disk (as a batch of reserves does); the settle (a paid hold charged at most its
+amount) commits durably. When a guard refuses (no balance, daily cap, premium unlock, key limit; a hold already
+settled or lost) nothing is written and the answer is None: the caller runs the general batch, which finds out why.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, bindparam, func, insert, select
+from sqlalchemy import BigInteger, Boolean, Integer, String, bindparam, func, insert, select
 from sqlalchemy.sql.expression import Executable
 
-from aipower.gateway.protocols import Hold, HoldRequest, Settlement
+from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
 from aipower.storage.batch import BatchConnection
 from aipower.storage.request_log import entry_columns, row_of
 from aipower.storage.tables import holds, request_log
 
 _NOW = holds.c.created_at.type
-KEY_LIMIT_SQLSTATE = "AP402"  # raised by aipower_reserve_alone when the key's spend limit refuses (rolled back)
+KEY_LIMIT_SQLSTATE = "AP402"  # raised by aipower_reserve_one when the key's spend limit refuses (rolled back)
 
 _S, _I, _B = String, Integer, BigInteger
 
@@ -34,7 +35,7 @@ def _call(name: str, *params: tuple[str, Any]) -> Any:
 
 RESERVE_ALONE: Executable = select(
     _call(
-        "aipower_reserve_alone",
+        "aipower_reserve_one",
         ("p_uid", _I),
         ("p_kid", _S),
         ("p_hid", _S),
@@ -43,6 +44,7 @@ RESERVE_ALONE: Executable = select(
         ("p_unlock", _B),
         ("p_day", _S),
         ("p_now", _NOW),
+        ("p_trial", Boolean),
     )
 )
 _settled = select(
@@ -75,21 +77,24 @@ SETTLE_ALONE: Executable = (
 
 
 def may_reserve_alone(request: HoldRequest) -> bool:
-    """Paid calls: the demo key and calls that may use a trial call go through the general batch."""
-    return not request.demo and not request.trial_eligible
+    """Paid calls and calls that may use a trial call; the demo key's go through the general batch."""
+    return not request.demo
 
 
-def reserve(conn: BatchConnection, *, request: HoldRequest, hold: Hold, now: Any) -> bool:
-    """True if the hold was taken; False if a guard refused and nothing was written."""
+def reserve(conn: BatchConnection, *, request: HoldRequest, hold: Hold, now: Any) -> Hold | None:
+    """The hold taken (a trial call's is of 0, mode "trial"); None if a guard refused and nothing was written."""
     params = {"p_uid": hold.user_id, "p_kid": hold.key_id, "p_hid": hold.id, "p_rid": request.request_id,
               "p_amount": hold.amount, "p_unlock": request.unlock_nanos or 0, "p_day": hold.day,
-              "p_now": now}  # fmt: skip
+              "p_now": now, "p_trial": request.trial_eligible}  # fmt: skip
     try:
-        return bool(conn.fetch(RESERVE_ALONE, params)[0][0])
+        mode: BillingMode | None = conn.fetch(RESERVE_ALONE, params)[0][0]
     except Exception as exc:
         if getattr(exc, "sqlstate", None) == KEY_LIMIT_SQLSTATE:  # the function's transaction was rolled back
-            return False
+            return None
         raise
+    if mode is None:
+        return None
+    return hold if mode == hold.mode else Hold(hold.id, hold.user_id, hold.key_id, 0, mode, hold.day)
 
 
 def may_settle_alone(settlement: Settlement) -> bool:

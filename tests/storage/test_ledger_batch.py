@@ -199,9 +199,10 @@ async def test_postgresql_reserves_alone_commit_asynchronously(
     async with engine.connect() as conn:
         lone = hold_request(user_id, key_id, 1000)
         params = {"p_uid": user_id, "p_kid": key_id, "p_hid": "hold_lone", "p_rid": lone.request_id,
-                  "p_amount": 1000, "p_unlock": 0, "p_day": "2026-11-25", "p_now": dt.datetime.now(dt.UTC)}  # fmt: skip
+                  "p_amount": 1000, "p_unlock": 0, "p_day": "2026-11-25", "p_now": dt.datetime.now(dt.UTC),
+                  "p_trial": False}  # fmt: skip
         transaction = await conn.begin()
-        assert (await conn.execute(ledger_alone.RESERVE_ALONE, params)).scalar_one() is True
+        assert (await conn.execute(ledger_alone.RESERVE_ALONE, params)).scalar_one() == "balance"
         assert (await conn.execute(SYNCHRONOUS_COMMIT)).scalar_one() == "off"
         await transaction.rollback()
     async with engine.connect() as conn:  # a pooled connection is back at the server's setting
@@ -320,6 +321,34 @@ async def test_a_lone_call_is_three_statements_to_reserve_and_five_to_settle(eng
     balance = await accounts.balance(engine, user_id)
     assert (balance.balance_nanos, balance.held_nanos) == (USD - 300, 0)
     assert await usage_rows(engine, user_id) == ([-300], [300])
+    assert await accounts.verify(engine) == []
+
+
+async def test_lone_calls_that_may_use_a_trial_call_take_one_then_the_balance(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call to a free model uses the user's trial calls while some are left, then the balance; on PostgreSQL a lone
+    one reserves in one statement (no batch) either way."""
+    reserved_in_batches: list[int] = []
+
+    def recording(conn: BatchConnection, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> Any:
+        reserved_in_batches.append(len(reserves))
+        return run_batch(conn, settles, reserves)
+
+    monkeypatch.setattr(ledger, "run_batch", recording)
+    user_id, key_id = await new_account(engine, "1", trial_calls=2)
+    book = ledger.SqlLedger(engine)
+    holds_taken = []
+    for _ in range(3):
+        hold = await book.reserve(hold_request(user_id, key_id, 1000, trial=True))
+        holds_taken.append((hold.mode, hold.amount))
+        assert await book.settle(settlement(hold, 300)) == (300 if hold.mode == "balance" else 0)
+    await book.close()
+    assert holds_taken == [("trial", 0), ("trial", 0), ("balance", 1000)]
+    if engine.dialect.name == "postgresql":
+        assert sum(reserved_in_batches) == 0
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos, balance.trial_calls_left) == (USD - 300, 0, 0)
     assert await accounts.verify(engine) == []
 
 

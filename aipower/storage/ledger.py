@@ -95,7 +95,7 @@ class SqlLedger:
         try:
             done = self._run_now([settlement], [])
             if done is None and self._alone is not None and self._lone() and ledger_alone.may_settle_alone(settlement):
-                charged = await self._alone.alone(partial(ledger_alone.settle, settlement=settlement, now=_now()))
+                charged = await ledger_alone.settle(self._alone.alone, settlement=settlement, now=_now())
                 done = None if charged is None else [charged]
             result = done[0] if done is not None else await self._queue(self._settles, settlement)
         finally:
@@ -131,8 +131,8 @@ class SqlLedger:
         """[the hold] if the one-statement reserve took it (a trial call's, maybe); None to run the general batch.
         If the caller goes away meanwhile, the statement still finishes, and a hold it took is released (uncharged)
         by the next batch."""
-        work = partial(ledger_alone.reserve, request=request, hold=hold, now=_now())
-        running: asyncio.Future[Hold | None] = asyncio.ensure_future(alone.alone(work))
+        work = ledger_alone.reserve(alone.alone, request=request, hold=hold, now=_now())
+        running: asyncio.Future[Hold | None] = asyncio.ensure_future(work)
         self._alone_running.add(running)
         running.add_done_callback(self._alone_running.discard)
         try:

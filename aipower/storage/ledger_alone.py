@@ -12,13 +12,13 @@ settled or lost) nothing is written and the answer is None: the caller runs the 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Integer, String, bindparam, func, insert, select
 from sqlalchemy.sql.expression import Executable
 
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
-from aipower.storage.batch import BatchConnection
 from aipower.storage.request_log import entry_columns, row_of
 from aipower.storage.tables import holds, request_log
 
@@ -81,17 +81,22 @@ def may_reserve_alone(request: HoldRequest) -> bool:
     return not request.demo
 
 
-def reserve(conn: BatchConnection, *, request: HoldRequest, hold: Hold, now: Any) -> Hold | None:
-    """The hold taken (a trial call's is of 0, mode "trial"); None if a guard refused and nothing was written."""
+Fetch = Callable[[Executable, Mapping[str, Any]], Awaitable[list[tuple[Any, ...]] | None]]
+
+
+async def reserve(fetch: Fetch, *, request: HoldRequest, hold: Hold, now: Any) -> Hold | None:
+    """The hold taken (a trial call's is of 0, mode "trial"); None if a guard refused and nothing was written, or
+    the statement could not be sent (`fetch` answered None)."""
     params = {"p_uid": hold.user_id, "p_kid": hold.key_id, "p_hid": hold.id, "p_rid": request.request_id,
               "p_amount": hold.amount, "p_unlock": request.unlock_nanos or 0, "p_day": hold.day,
               "p_now": now, "p_trial": request.trial_eligible}  # fmt: skip
     try:
-        mode: BillingMode | None = conn.fetch(RESERVE_ALONE, params)[0][0]
+        rows = await fetch(RESERVE_ALONE, params)
     except Exception as exc:
         if getattr(exc, "sqlstate", None) == KEY_LIMIT_SQLSTATE:  # the function's transaction was rolled back
             return None
         raise
+    mode: BillingMode | None = rows[0][0] if rows else None
     if mode is None:
         return None
     return hold if mode == hold.mode else Hold(hold.id, hold.user_id, hold.key_id, 0, mode, hold.day)
@@ -102,12 +107,12 @@ def may_settle_alone(settlement: Settlement) -> bool:
     return settlement.hold.mode == "balance" and 0 <= settlement.charge <= settlement.hold.amount
 
 
-def settle(conn: BatchConnection, *, settlement: Settlement, now: Any) -> int | None:
+async def settle(fetch: Fetch, *, settlement: Settlement, now: Any) -> int | None:
     """The charge, or None if nothing was done (the hold was not open): then the general batch decides."""
     hold, entry = settlement.hold, settlement.entry
     params = {"p_hid": hold.id, "p_uid": hold.user_id, "p_kid": hold.key_id, "p_amount": hold.amount,
               "p_charge": settlement.charge, "p_day": hold.day, "p_rid": entry.request_id, "p_note": entry.model,
               "p_now": now}  # fmt: skip
     params.update((f"log_{name}", value) for name, value in row_of(entry).items())
-    rows = conn.fetch(SETTLE_ALONE, params)
+    rows = await fetch(SETTLE_ALONE, params)
     return int(rows[0][0]) if rows else None

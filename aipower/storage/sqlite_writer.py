@@ -80,8 +80,8 @@ class SqliteWriter:
     def _begin_inline(self, ops: int) -> sqlite3.Connection | None:
         if ops > self._inline_max_ops or not (self._checkpointing is None or self._checkpointing.done()):
             return None  # a large batch, or a checkpoint running: on the thread
-        connection = self._inline or self._connect_inline()
         try:
+            connection = self._inline or self._connect_inline()
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
             return None  # the write lock is taken (another process, the request log): wait for it on the thread
@@ -122,7 +122,7 @@ class SqliteWriter:
 
     def _connect_inline(self) -> sqlite3.Connection:
         connection = _connect(self._path, timeout=0)
-        connection.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (fsync) happen on the thread only
+        connection.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints (fsync) happen on the thread only (no lock)
         self._inline = connection
         return connection
 
@@ -150,10 +150,16 @@ def _finish(connection: sqlite3.Connection, work: Callable[[BatchConnection], T]
 
 
 def _connect(path: str, timeout: float) -> sqlite3.Connection:
+    """A configured connection; with timeout 0 its set-up fails (closed, OperationalError) while another connection
+    holds a lock, e.g. one closing, which checkpoints the WAL."""
     # isolation_level=None: the sqlite3 module issues no BEGIN/COMMIT of its own; ours are the only ones.
     connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA foreign_keys=ON")
-    connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+    except BaseException:
+        connection.close()
+        raise
     return connection

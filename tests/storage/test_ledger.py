@@ -46,10 +46,13 @@ async def test_parallel_reserves_never_overspend(database_url: str) -> None:
         amount = USD // 7  # 7 fit, with a remainder
 
         async def attempt(i: int) -> bool:
+            book = ledger.SqlLedger(engines[i % 2])
             try:
-                await ledger.SqlLedger(engines[i % 2]).reserve(hold_request(user_id, key_id, amount))
+                await book.reserve(hold_request(user_id, key_id, amount))
             except InsufficientCredit:
                 return False
+            finally:
+                await book.close()
             return True
 
         admitted = await asyncio.gather(*(attempt(i) for i in range(60)))
@@ -68,6 +71,7 @@ async def test_settle_charges_once_and_releases_the_rest(engine: AsyncEngine) ->
     hold = await book.reserve(hold_request(user_id, key_id, 1000))
     assert await book.settle(settlement(hold, 300)) == 300
     assert await book.settle(settlement(hold, 300)) == 0  # a second settle is a no-op
+    await book.close()
     balance = await accounts.balance(engine, user_id)
     assert (balance.balance_nanos, balance.held_nanos) == (USD - 300, 0)
     assert await accounts.verify(engine) == []
@@ -78,6 +82,7 @@ async def test_a_charge_above_the_hold_takes_only_what_the_balance_has(engine: A
     book = ledger.SqlLedger(engine)
     hold = await book.reserve(hold_request(user_id, key_id, 600))
     assert await book.settle(settlement(hold, 5000)) == 1000  # 600 held + the 400 left; the rest is written off
+    await book.close()
     assert (await accounts.balance(engine, user_id)).balance_nanos == 0
     assert await accounts.verify(engine) == []
 
@@ -94,6 +99,7 @@ async def test_trial_calls_are_used_first_and_refunded_when_the_call_fails(engin
     assert (await accounts.balance(engine, user_id)).trial_calls_left == 0
     with pytest.raises(InsufficientCredit):
         await book.reserve(hold_request(user_id, key_id, 1000, trial=True))
+    await book.close()
 
 
 async def test_premium_needs_lifetime_topups(engine: AsyncEngine) -> None:
@@ -103,6 +109,7 @@ async def test_premium_needs_lifetime_topups(engine: AsyncEngine) -> None:
         await book.reserve(hold_request(user_id, key_id, 10, unlock=5 * USD))
     await accounts.top_up(engine, user_id, Decimal(5), RULES, None)
     await book.reserve(hold_request(user_id, key_id, 10, unlock=5 * USD))
+    await book.close()
 
 
 async def test_topup_bonuses_are_ledger_rows(engine: AsyncEngine) -> None:
@@ -116,7 +123,9 @@ async def test_topup_bonuses_are_ledger_rows(engine: AsyncEngine) -> None:
 
 async def test_repair_releases_abandoned_holds_without_charging(engine: AsyncEngine) -> None:
     user_id, key_id = await new_account(engine, "1")
-    hold = await ledger.SqlLedger(engine).reserve(hold_request(user_id, key_id, 2000))
+    book = ledger.SqlLedger(engine)
+    hold = await book.reserve(hold_request(user_id, key_id, 2000))
+    await book.close()
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     async with engine.begin() as conn:
         await conn.execute(update(holds).where(holds.c.id == hold.id).values(created_at=old))
@@ -126,7 +135,9 @@ async def test_repair_releases_abandoned_holds_without_charging(engine: AsyncEng
     assert await ledger.release(engine, hold.id) is True
     assert await ledger.release(engine, hold.id) is False
     assert (await accounts.balance(engine, user_id)).balance_nanos == USD
-    assert await ledger.SqlLedger(engine).settle(settlement(hold, 100)) == 0  # the late settle charges nothing
+    late = ledger.SqlLedger(engine)
+    assert await late.settle(settlement(hold, 100)) == 0  # the late settle charges nothing
+    await late.close()
     assert await accounts.verify(engine) == []
 
 

@@ -62,6 +62,27 @@ async def test_a_small_batch_commits_inline_and_a_large_one_on_the_thread(path: 
         assert check.execute("SELECT count(*) FROM holds").fetchone() == (4,)
 
 
+async def test_a_first_batch_while_another_connection_locks_the_file_waits_on_the_thread(path: str) -> None:
+    """The inline connection is made at the first batch, with a busy timeout of 0: if another connection holds the
+    file then (one closing checkpoints the WAL under an exclusive lock), the batch waits on the thread instead of
+    failing with "database is locked"."""
+    key_id = await _account(path)
+    writer = SqliteWriter(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("COMMIT")  # in exclusive locking mode the lock outlives the transaction
+    task = asyncio.create_task(writer.run(_insert("a", key_id=key_id)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not task.done()
+    other.close()
+    assert await task == 1
+    assert await writer.run(_insert("b", key_id=key_id)) == 1  # and the next one inline, the file being free
+    await writer.close()
+    assert (writer.stats.inline, writer.stats.threaded) == (1, 1)
+
+
 async def test_a_batch_waits_on_the_thread_while_another_connection_holds_the_write_lock(path: str) -> None:
     key_id = await _account(path)
     writer = SqliteWriter(path)

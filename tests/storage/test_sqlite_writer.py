@@ -145,6 +145,32 @@ async def test_a_steady_writer_keeps_the_wal_small(path: str) -> None:
         assert check.execute("SELECT count(*) FROM holds").fetchone() == (1500,)
 
 
+async def test_a_lone_call_writes_few_pages(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every page a call's two commits touch is a WAL frame: two write system calls now, a copy and an fsync at the
+    next checkpoint. Open holds have an index of their own (settled ones leave it) and the request log has no index
+    that no query uses: at most 15 pages per call (14.4 measured; 16.4 before)."""
+    monkeypatch.setattr(SqliteWriter, "__init__", _no_checkpoints(SqliteWriter.__init__))
+    engine = db.make_engine(f"sqlite:///{path}")
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine)
+    for _ in range(20):  # the tables' and indexes' right-most pages exist
+        await book.settle(settlement(await book.reserve(hold_request(user_id, key_id, 1000)), 300))
+    before = _wal_pages(path)
+    for _ in range(200):
+        await book.settle(settlement(await book.reserve(hold_request(user_id, key_id, 1000)), 300))
+    per_call = (_wal_pages(path) - before) / 200
+    await book.close()
+    await engine.dispose()
+    assert per_call <= 15, per_call
+
+
+def _no_checkpoints(init: Callable[..., None]) -> Callable[..., None]:
+    def without(self: SqliteWriter, path: str, **options: int) -> None:
+        init(self, path, **{**options, "checkpoint_every": 10**9})
+
+    return without
+
+
 async def test_compiled_statements_store_what_sqlalchemy_reads_back(path: str) -> None:
     key_id = await _account(path)
     writer = SqliteWriter(path)

@@ -35,19 +35,27 @@ used = redis.call('INCRBY', KEYS[1], cost)
 if used == cost then redis.call('PEXPIRE', KEYS[1], reset_ms + 1000) end
 return {1, used, reset_ms}
 """
-# KEYS: one counter per check, then the slot (if ARGV[3] = 1). ARGV: now (seconds, float), number of checks,
+# Numbers travel as one space-separated argument (ARGV[1]), split here: redis-py encodes every argument of a command
+# in Python, and an admission has about twenty.
+_NUMBERS = """
+local a = {}
+for v in string.gmatch(ARGV[1], '[^ ]+') do a[#a + 1] = tonumber(v) end
+"""
+# KEYS: one counter per check, then the slot (if a[3] = 1). Numbers: now (seconds, float), number of checks,
 # has slot, slot limit, slot ttl, then limit, window seconds, cost per check. All or nothing: every window and the
 # slot are checked before anything is counted. Returns {admitted, slot free, then allowed, used, ms to reset per check}.
-_ADMIT = """
-local now = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local has_slot = ARGV[3] == '1'
+_ADMIT = (
+    _NUMBERS
+    + """
+local now = a[1]
+local n = a[2]
+local has_slot = a[3] == 1
 local slot_free = 1
-if has_slot and tonumber(redis.call('GET', KEYS[n + 1]) or '0') >= tonumber(ARGV[4]) then slot_free = 0 end
+if has_slot and tonumber(redis.call('GET', KEYS[n + 1]) or '0') >= a[4] then slot_free = 0 end
 local out = {1, slot_free}
 local admitted = slot_free
 for i = 1, n do
-  local limit, window, cost = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i]), tonumber(ARGV[5 + 3 * i])
+  local limit, window, cost = a[3 + 3 * i], a[4 + 3 * i], a[5 + 3 * i]
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
   local allowed = 1
   if used + cost > limit then allowed = 0; admitted = 0 end
@@ -57,29 +65,32 @@ end
 out[1] = admitted
 if admitted == 0 then return out end
 for i = 1, n do
-  local cost = tonumber(ARGV[5 + 3 * i])
+  local cost = a[5 + 3 * i]
   local used = redis.call('INCRBY', KEYS[i], cost)
   if used == cost then redis.call('PEXPIRE', KEYS[i], out[3 * i + 2] + 1000) end
   out[3 * i + 1] = used
 end
 if has_slot then
   redis.call('INCR', KEYS[n + 1])
-  redis.call('EXPIRE', KEYS[n + 1], ARGV[5])
+  redis.call('EXPIRE', KEYS[n + 1], a[5])
 end
 return out
 """
-# KEYS: the slot (if ARGV[1] = 1), then one counter per usage. ARGV: has slot, now, then window, cost per usage.
-_FINISH = """
+)
+# KEYS: the slot (if a[1] = 1), then one counter per usage. Numbers: has slot, now, then window, cost per usage.
+_FINISH = (
+    _NUMBERS
+    + """
 local first = 1
-if ARGV[1] == '1' then
+if a[1] == 1 then
   local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
   if taken > 0 then redis.call('DECR', KEYS[1]) end
   first = 2
 end
-local now = tonumber(ARGV[2])
+local now = a[2]
 for i = first, #KEYS do
   local j = 2 * (i - first) + 3
-  local window, cost = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
+  local window, cost = a[j], a[j + 1]
   local used = redis.call('INCRBY', KEYS[i], cost)
   if used == cost then
     redis.call('PEXPIRE', KEYS[i], math.floor(((math.floor(now / window) + 1) * window - now) * 1000) + 1000)
@@ -87,6 +98,7 @@ for i = first, #KEYS do
 end
 return 1
 """
+)
 _SLOT_TTL = 900  # a crashed process's slots free themselves after the longest call
 
 
@@ -109,7 +121,7 @@ class RedisLimiter:
         for c in checks:
             args += [c.limit, c.window_seconds, c.cost]
         release = None if slot is None else partial(self._release_orphan, keys[-1])
-        out = [int(v) for v in await self._pipeline.call(self._admit, keys, args, orphan=release)]
+        out = [int(v) for v in await self._pipeline.call(self._admit, keys, _numbers(args), orphan=release)]
         windows = (
             Window(bool(out[3 * i + 2]), c.limit, out[3 * i + 3], out[3 * i + 4] / 1000) for i, c in enumerate(checks)
         )
@@ -122,7 +134,7 @@ class RedisLimiter:
         args: list[float | int] = [0 if slot_key is None else 1, now]
         for u in usage:
             args += [u.window_seconds, u.cost]
-        await self._pipeline.call(self._finish, keys, args)
+        await self._pipeline.call(self._finish, keys, _numbers(args))
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         now = self._clock()
@@ -133,7 +145,7 @@ class RedisLimiter:
     def _release_orphan(self, slot: str, reply: Any) -> None:
         """An admission whose caller went away while Redis ran it: give back the slot it took (if it took one)."""
         if int(reply[0]) == 1:
-            self._pipeline.send(self._finish, [slot], [1, self._clock()])
+            self._pipeline.send(self._finish, [slot], _numbers([1, self._clock()]))
 
     async def close(self) -> None:
         await self._pipeline.close()
@@ -167,6 +179,11 @@ class FallbackLimiter:
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
         await self._outage.run(lambda lim: lim.finish(slot_key, usage))
+
+
+def _numbers(values: Sequence[float | int]) -> list[str]:
+    """A script's numbers as its one argument (see _NUMBERS); repr keeps every digit of a float."""
+    return [" ".join(map(repr, values))]
 
 
 def _limits_unavailable() -> GatewayError:

@@ -48,8 +48,7 @@ def make_engine(url: str, *, ledger: bool = False) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if ledger:
-        # The ledger's kept connection and its second writer's (settles and reserves are written side by side).
-        return create_async_engine(target, pool_size=2, max_overflow=_RECONNECTS - 1, pool_pre_ping=False)
+        return create_async_engine(target, pool_size=1, max_overflow=_RECONNECTS - 1, pool_pre_ping=False)
     return create_async_engine(target, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 

@@ -5,17 +5,14 @@ and the balance is never negative. Every reserve is one guarded UPDATE (`... WHE
 parallel calls on any number of processes can never overspend; every settle first checks that its hold is
 still open under the transaction's lock, so a hold is settled at most once (see ledger_sql).
 
-Group commit: reserve() and settle() queue their operation and wait for it. A writer task takes everything
+Group commit: reserve() and settle() queue their operation and wait for it. One writer task takes everything
 queued, runs it in a single transaction (on SQLite inline when small, else one thread hop), and answers each
 waiter only after that transaction has committed. Nobody waits for a timer: while one batch is being written the
-next one gathers. On SQLite one writer takes both kinds (the database has one write lock); on PostgreSQL
-settles and reserves have a writer each, on connections of their own, so neither waits for the other's round
-trips (their batches lock rows in one order, ledger_sql, so they cannot deadlock). A lone call (no other call
-in flight in this process, nothing queued) skips the queue: its operation runs in the caller (on SQLite when the
-write lock is free; on PostgreSQL a call's reserve and a paid hold's settle are one statement each,
-storage.ledger_alone), committed before it returns. A caller never hears "done" for money that is not
-committed; a crash of the process loses at most work that no caller was told about (its holds stay open until
-repair releases them).
+next one gathers. A lone call (no other call in flight in this process, nothing queued) skips the queue: its
+operation runs in the caller (on SQLite when the write lock is free; on PostgreSQL a call's reserve and a paid
+hold's settle are one statement each, storage.ledger_alone), committed before it returns. A caller
+never hears "done" for money that is not committed; a crash of the process loses at most work that no caller
+was told about (its holds stay open until repair releases them).
 
 Durability: a batch with a settle commits durably. A batch of reserves only may commit without waiting for the
 disk (db.Transactions, durable=False; PostgreSQL's synchronous_commit=off): visible to all at once, row locks
@@ -33,7 +30,7 @@ import itertools
 import secrets
 from dataclasses import dataclass
 from functools import partial
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -46,7 +43,6 @@ from aipower.storage.ledger_sql import Release, Result, Settle, run_batch
 from aipower.storage.tables import holds, ledger
 
 Op = TypeVar("Op")
-Role = Literal["all", "settles", "reserves"]
 
 
 def today() -> str:
@@ -65,9 +61,7 @@ class SqlLedger:
         self._max_batch = max_batch
         self._settles: list[_Waiting[Settle]] = []
         self._reserves: list[_Waiting[tuple[HoldRequest, Hold]]] = []
-        # One writer for everything (SQLite: one write lock anyway); on PostgreSQL one for settles and one for
-        # reserves, each on its own connection, so a batch of one kind need not wait for the other's round trips.
-        self._writers: dict[Role, asyncio.Task[None]] = {}
+        self._writer: asyncio.Task[None] | None = None
         # Hold ids: a random prefix per ledger and a counter (os.urandom per call showed up in the profile).
         self._id_prefix = "hold_" + secrets.token_hex(8)
         self._serial = itertools.count()
@@ -112,8 +106,8 @@ class SqlLedger:
     async def close(self) -> None:
         """Wait for the queued work to commit, then close the writer's connection."""
         await asyncio.gather(*self._alone_running, return_exceptions=True)
-        while running := [w for w in self._writers.values() if not w.done()]:
-            await asyncio.gather(*running)
+        if self._writer is not None:
+            await self._writer
         await self._transactions.close()
 
     def _run_now(self, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> list[Result] | None:
@@ -129,7 +123,7 @@ class SqlLedger:
         """No other call in flight in this process, nothing queued, no batch being written."""
         if self._in_flight > 1 or self._settles or self._reserves:
             return False
-        return all(w.done() for w in self._writers.values())
+        return self._writer is None or self._writer.done()
 
     async def _reserve_alone(
         self, alone: db.DriverTransactions, request: HoldRequest, hold: Hold
@@ -151,6 +145,7 @@ class SqlLedger:
     def _release_if_taken(self, running: asyncio.Future[Hold | None]) -> None:
         if not running.cancelled() and running.exception() is None and (taken := running.result()) is not None:
             self._release_later(taken)
+            self._start_writer()
 
     async def _queue(self, queue: list[_Waiting[Op]], op: Op) -> Result:
         waiting = _Waiting(op, asyncio.get_running_loop().create_future())
@@ -159,26 +154,16 @@ class SqlLedger:
         return await waiting.answer
 
     def _start_writer(self) -> None:
-        roles: tuple[Role, ...] = ("all",) if self._alone is None else ("settles", "reserves")
-        for role in roles:
-            writer = self._writers.get(role)
-            if self._has_work(role) and (writer is None or writer.done()):
-                self._writers[role] = asyncio.create_task(self._write(role), name=f"ledger-writer-{role}")
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="ledger-writer")
 
-    def _has_work(self, role: Role) -> bool:
-        return bool((role != "reserves" and self._settles) or (role != "settles" and self._reserves))
-
-    async def _write(self, role: Role) -> None:
-        """Commit batches until `role`'s queues are empty; each waiter is answered after its batch commits."""
-        while self._has_work(role):
-            settles: list[_Waiting[Settle]] = []
-            if role != "reserves":
-                settles, self._settles = self._settles[: self._max_batch], self._settles[self._max_batch :]
-            room = self._max_batch - len(settles) if role != "settles" else 0
+    async def _write(self) -> None:
+        """Commit batches until the queues are empty; each waiter is answered after its batch commits."""
+        while self._settles or self._reserves:
+            settles, self._settles = self._settles[: self._max_batch], self._settles[self._max_batch :]
+            room = self._max_batch - len(settles)
             reserves = [w for w in self._reserves[:room] if not w.answer.cancelled()]  # not run: nothing to undo
             self._reserves = self._reserves[room:]
-            if not settles and not reserves:
-                continue
             batch = partial(run_batch, settles=[w.op for w in settles], reserves=[w.op for w in reserves])
             answers = [w.answer for w in settles] + [w.answer for w in reserves]
             results: list[Result | Exception]
@@ -202,7 +187,6 @@ class SqlLedger:
         answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         answer.add_done_callback(_consume)
         self._settles.append(_Waiting(Release(hold, hold.id, "caller went away"), answer))
-        self._start_writer()
 
 
 def _now() -> dt.datetime:

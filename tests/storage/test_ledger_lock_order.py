@@ -8,15 +8,12 @@ import asyncio
 import secrets
 from typing import Any
 
-import pytest
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.gateway.protocols import Hold, HoldRequest
-from aipower.storage import accounts, db, ledger
+from aipower.storage import accounts, db
 from aipower.storage.batch import BatchConnection
 from aipower.storage.ledger_sql import Settle, run_batch
-from aipower.storage.tables import users
 from tests.storage.test_ledger import USD, hold_request, new_account, settlement
 
 
@@ -108,26 +105,3 @@ async def test_a_batch_over_several_users_locks_them_once_in_id_order(engine: As
     else:
         assert seen == writes
     assert writes[:2] == [f"UPDATE {b}", "UPDATE "]  # then the reserves, in their own order
-
-
-async def test_postgresql_settles_are_not_held_up_by_a_reserve_waiting_for_a_lock(engine: AsyncEngine) -> None:
-    """On PostgreSQL settles and reserves have a writer each: a reserve batch waiting for a row lock (another
-    process's transaction on that user) does not hold up the settlement, and the answer, of another caller."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one write lock: one writer")
-    (a, ka), (b, kb) = [await new_account(engine, "1") for _ in range(2)]
-    book = ledger.SqlLedger(engine)
-    hold_b = await book.reserve(hold_request(b, kb, 1000))
-    async with engine.connect() as other:
-        transaction = await other.begin()
-        await other.execute(select(users.c.id).where(users.c.id == a).with_for_update())
-        waiting = asyncio.create_task(book.reserve(hold_request(a, ka, 1000)))  # two in flight: a batch
-        await asyncio.sleep(0.2)
-        assert not waiting.done()  # its batch waits for the lock
-        assert await asyncio.wait_for(book.settle(settlement(hold_b, 100)), timeout=10) == 100
-        assert not waiting.done()
-        await transaction.rollback()
-    hold_a = await waiting
-    assert await book.settle(settlement(hold_a, 100)) == 100
-    await book.close()
-    assert await accounts.verify(engine) == []

@@ -151,7 +151,7 @@ class DriverTransactions:
                 return await (await self._keep()).run_sync(self._transaction, work, durable)
             except _ClosedBeforeBegin:
                 self._drop_kept()
-            except asyncio.CancelledError:  # rolled back by _transaction, or invalidated if it could not be
+            except BaseException:  # rolled back by _transaction, or invalidated if it could not be: then not kept
                 if self._kept is not None and self._kept.invalidated:
                     self._drop_kept()
                 raise

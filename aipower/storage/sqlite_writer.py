@@ -88,9 +88,11 @@ class SqliteWriter:
         try:
             connection = self._inline or self._connect_inline()
             connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
-            self._finishing.release()
-            return None  # the write lock is taken (another process, the request log): wait for it on the thread
+        except BaseException as exc:
+            self._finishing.release()  # held on, it would stop every later batch, and the checkpoint, for good
+            if isinstance(exc, sqlite3.OperationalError):
+                return None  # the write lock is taken (another process, the request log): wait for it on the thread
+            raise
         return connection
 
     def _commit_inline(self, connection: sqlite3.Connection, work: Callable[[BatchConnection], T]) -> T:

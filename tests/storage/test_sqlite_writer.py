@@ -83,6 +83,29 @@ async def test_a_first_batch_while_another_connection_locks_the_file_waits_on_th
     assert (writer.stats.inline, writer.stats.threaded) == (1, 1)
 
 
+async def test_a_failure_to_open_the_inline_connection_does_not_stop_later_batches(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while opening the inline connection reaches its caller; the batches after it still
+    commit inline, and the checkpoint still runs."""
+    key_id = await _account(path)
+    writer = SqliteWriter(path, checkpoint_every=2)
+    opened = SqliteWriter._connect_inline
+
+    def failing_once(self: SqliteWriter) -> sqlite3.Connection:
+        monkeypatch.setattr(SqliteWriter, "_connect_inline", opened)
+        raise sqlite3.DatabaseError("file is not a database")
+
+    monkeypatch.setattr(SqliteWriter, "_connect_inline", failing_once)
+    with pytest.raises(sqlite3.DatabaseError):
+        await writer.run(_insert("a", key_id=key_id))
+    for i in range(4):
+        assert await writer.run(_insert(f"b{i}", key_id=key_id)) == 1
+    await asyncio.wait_for(writer.close(), timeout=30)  # behind the checkpoints on the thread
+    assert (writer.stats.inline, writer.stats.threaded) == (4, 0)
+    assert writer.stats.checkpoints >= 1
+
+
 async def test_a_batch_waits_on_the_thread_while_another_connection_holds_the_write_lock(path: str) -> None:
     key_id = await _account(path)
     writer = SqliteWriter(path)

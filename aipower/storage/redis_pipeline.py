@@ -1,18 +1,23 @@
 """Lua script calls issued together go to Redis as one pipeline: one round trip for many calls. Storage layer.
 
-redis-py spends about 100 us of Python per round trip (connection checkout, socket write, reply wait, timeouts) and
-much less per command inside a pipeline. Under load many calls want Redis at once (each admission and each finish
-is one script call), so `ScriptPipeline` group-commits them, like the ledger does its transactions: a call queues
-its command and waits; one writer task sends everything queued as one pipeline (`EVALSHA` each) and answers each
-caller from its own reply; while one pipeline is in flight the next one gathers. Nobody waits for a timer, and a
-lone call costs one round trip as before. Queued commands run in the order they were queued; a lone call may be
-overtaken by one queued after it (no caller issues a call that depends on another still in flight).
+Under load many calls want Redis at once (each admission and each finish is one script call), so `ScriptPipeline`
+group-commits them, like the ledger does its transactions: a call queues its command and waits; one writer task sends
+everything queued at once (`EVALSHA` each) and answers each caller from its own reply; while one exchange is in
+flight the next one gathers. Nobody waits for a timer, and a lone call costs one round trip. Queued commands run in
+the order they were queued; a lone call may be overtaken by one queued after it (no caller issues a call that
+depends on another still in flight).
+
+Every exchange uses the pipeline's own connection, taken from the client's pool once and kept, one exchange at a
+time: redis-py's `Pipeline` (and a plain command) checks a connection out of the pool and back, wraps it in retries
+and reply callbacks, which cost about half the CPU of a small exchange (see docs/performance.md). An error reply is
+that call's reply; any other failure (a timeout, a dropped connection, a cancelled caller mid-exchange) makes
+redis-py close the connection, so no reply still owed can reach a later exchange, and the next one reconnects.
 
 Scripts are sent as `EVALSHA`; a Redis that lost its script cache (restarted, or `SCRIPT FLUSH`) answers NOSCRIPT,
-and the script is loaded and the command sent again. A connection error fails every call of its pipeline.
-A caller that goes away before its pipeline is sent is dropped; after, its reply goes to `orphan` (if given), so
+and the script is loaded and the command sent again. A connection error fails every call of its exchange.
+A caller that goes away before its exchange is sent is dropped; after, its reply goes to `orphan` (if given), so
 the caller's owner can undo what the command did. (A lone call, sent while nothing else is in flight, goes
-straight out as one EVALSHA; if its caller goes away meanwhile, the reply is lost, as with any plain command.)
+straight out on its own; if its caller goes away meanwhile, the reply is lost, as with any plain command.)
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | int | float
 Orphan = Callable[[Any], None]
@@ -38,10 +44,15 @@ class Script:
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
+class _Command:
     script: Script
     keys: Sequence[str]
     args: Sequence[Arg]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    command: _Command
     answer: asyncio.Future[Any]
     orphan: Orphan | None
 
@@ -53,27 +64,25 @@ class ScriptPipeline:
         self._queue: list[_Call] = []
         self._writer: asyncio.Task[None] | None = None
         self._alone = False  # a lone call is in flight outside the pipeline
+        self._connection: AbstractConnection | None = None
+        self._exchanging = asyncio.Lock()  # one exchange at a time on the connection
 
     def script(self, text: str) -> Script:
         return Script(text, self._redis.register_script(text).sha)
 
     async def call(self, script: Script, keys: Sequence[str], args: Sequence[Arg], orphan: Orphan | None = None) -> Any:
-        """The script's reply, once the pipeline that carried it has been answered. With nothing else in flight
-        the call goes alone, as a plain EVALSHA (a pipeline of one costs more)."""
+        """The script's reply, once the exchange that carried it has been answered. With nothing else in flight
+        the call goes out at once from the caller's task (no writer task, no future)."""
         if self._queue or self._alone or (self._writer is not None and not self._writer.done()):
             return await self.send(script, keys, args, orphan)
         self._alone = True
         try:
-            return await self._evalsha(script, keys, args)
+            (reply,) = await self._send([_Command(script, keys, args)])
         finally:
             self._alone = False
-
-    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        try:
-            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._redis.script_load(script.text)
-            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     def send(
         self, script: Script, keys: Sequence[str], args: Sequence[Arg], orphan: Orphan | None = None
@@ -81,15 +90,18 @@ class ScriptPipeline:
         """Queue the call; its reply arrives on the future (which may be left unawaited: its error is then dropped)."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         answer.add_done_callback(_consume)
-        self._queue.append(_Call(script, keys, args, answer, orphan))
+        self._queue.append(_Call(_Command(script, keys, args), answer, orphan))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="redis-pipeline")
         return answer
 
     async def close(self) -> None:
-        """Wait until everything queued has been sent and answered."""
+        """Wait until everything queued has been sent and answered; then give the connection back to the pool."""
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await self._redis.connection_pool.release(connection)
 
     async def _write(self) -> None:
         while self._queue:
@@ -98,27 +110,40 @@ class ScriptPipeline:
             if not batch:
                 continue
             try:
-                replies = await asyncio.shield(self._send(batch))
+                replies = await asyncio.shield(self._send([call.command for call in batch]))
             except Exception as exc:  # noqa: BLE001 - the connection failed: every call of the pipeline gets it
                 replies = [exc] * len(batch)
             for call, reply in zip(batch, replies, strict=True):
                 _answer(call, reply)
 
-    async def _send(self, batch: Sequence[_Call]) -> list[Any]:
-        replies = await self._pipeline(batch)
+    async def _send(self, batch: Sequence[_Command]) -> list[Any]:
+        replies = await self._exchange([_evalsha(c) for c in batch])
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:  # Redis lost its scripts: load them, then send those commands again
-            for text in {batch[i].script.text for i in missing}:
-                await self._redis.script_load(text)
-            for i, reply in zip(missing, await self._pipeline([batch[i] for i in missing]), strict=True):
+        if missing:  # Redis lost its scripts: load them, then send those commands again, in one more exchange
+            texts = list(dict.fromkeys(batch[i].script.text for i in missing))
+            again = await self._exchange([("SCRIPT", "LOAD", t) for t in texts] + [_evalsha(batch[i]) for i in missing])
+            for i, reply in zip(missing, again[len(texts) :], strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, batch: Sequence[_Call]) -> list[Any]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call in batch:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return list(await pipe.execute(raise_on_error=False))
+    async def _exchange(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+        """Every command's reply (an error reply as its exception), sent at once on the pipeline's connection."""
+        async with self._exchanging:
+            if self._connection is None:
+                self._connection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            connection = self._connection
+            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:  # Redis's answer to this command, read whole: the next follows
+                    replies.append(error)
+            return replies
+
+
+def _evalsha(command: _Command) -> tuple[Arg, ...]:
+    return ("EVALSHA", command.script.sha, len(command.keys), *command.keys, *command.args)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

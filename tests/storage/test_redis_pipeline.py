@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -16,6 +17,8 @@ from tests.redis_service import require_redis
 
 # Appends ARGV[1] to a list and returns the list's length: the order Redis ran the calls in, and each call's own reply.
 _PUSH = "redis.call('RPUSH', KEYS[1], ARGV[1]); return {ARGV[1], redis.call('LLEN', KEYS[1])}"
+# The same, after keeping Redis busy for some tens of milliseconds.
+_SLOW_PUSH = "local i = 0 while i < 3000000 do i = i + 1 end " + _PUSH
 
 
 @pytest.fixture
@@ -42,18 +45,54 @@ async def test_concurrent_calls_each_get_their_own_reply_in_order(prefix: str, c
 async def test_calls_made_together_share_round_trips(
     prefix: str, client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """100 concurrent calls go out as a few pipelines, not as 100 separate exchanges."""
+    """100 concurrent calls go out as a few exchanges on one connection, not as 100 separate ones."""
     pipeline = ScriptPipeline(client)
     push = pipeline.script(_PUSH)
+    taken: list[Any] = []
+    take = client.connection_pool.get_connection
+
+    async def get_connection() -> Any:
+        taken.append(await take())
+        return taken[-1]
+
+    monkeypatch.setattr(client.connection_pool, "get_connection", get_connection)
     await pipeline.call(push, [f"{prefix}warm"], ["x"])  # the script is loaded now
-    exchanges: list[str] = []
-    for name in ("pipeline", "evalsha"):
-        original = getattr(client, name)
-        monkeypatch.setattr(client, name, lambda *a, _o=original, _n=name, **k: exchanges.append(_n) or _o(*a, **k))
+    (connection,) = taken
+    exchanges: list[int] = []  # the EVALSHAs each exchange carried
+    send = connection.send_packed_command
+
+    async def counted(packed: list[bytes], check_health: bool = True) -> None:
+        exchanges.append(b"".join(packed).count(b"EVALSHA"))
+        await send(packed, check_health=check_health)
+
+    monkeypatch.setattr(connection, "send_packed_command", counted)
     await asyncio.gather(*(pipeline.call(push, [f"{prefix}n"], [i]) for i in range(100)))
+    assert len(taken) == 1  # every exchange on the pipeline's one connection
+    assert exchanges[0] == 1  # the first call found nothing in flight and went alone
+    assert sum(exchanges) == 100 and 2 <= len(exchanges) <= 5, exchanges
     assert await client.llen(f"{prefix}n") == 100
-    assert exchanges[0] == "evalsha"  # the first call found nothing in flight and went alone
-    assert 2 <= len(exchanges) <= 5, exchanges
+    await pipeline.close()
+
+
+async def test_a_caller_gone_mid_exchange_leaves_no_reply_for_the_next_call(
+    prefix: str, client: redis.asyncio.Redis
+) -> None:
+    """A lone call cancelled after its command was sent must not leave its reply on the connection, where the next
+    call would read it as its own."""
+    pipeline = ScriptPipeline(client)
+    slow = pipeline.script(_SLOW_PUSH)
+    push = pipeline.script(_PUSH)
+    await pipeline.call(push, [f"{prefix}warm"], ["x"])
+    await pipeline.call(slow, [f"{prefix}warm"], ["x"])  # both scripts loaded, the connection taken
+    leaving = asyncio.create_task(pipeline.call(slow, [f"{prefix}slow"], ["gone"]))
+    await asyncio.sleep(0.01)  # sent; Redis is busy with it
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    reply = await pipeline.call(push, [f"{prefix}next"], ["mine"])
+    assert reply[0] == b"mine" and int(reply[1]) == 1
+    assert [v.decode() for v in await client.lrange(f"{prefix}slow", 0, -1)] == ["gone"]  # it did run, once
+    await pipeline.close()
 
 
 async def test_a_redis_that_lost_its_scripts_is_taught_them_again(prefix: str, client: redis.asyncio.Redis) -> None:

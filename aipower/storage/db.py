@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -172,12 +172,20 @@ class DriverTransactions:
         None if the connection turned out to be closed: the caller then runs its batch, which reconnects. An error
         after the statement was sent leaves its outcome unknown; the batch run after it is still safe: a second
         hold is released by repair, and a settled hold is never charged again."""
+        return await self._lone(statement, [params], many=False)
+
+    async def alone_many(self, statement: Executable, params: Sequence[Params]) -> list[tuple[Any, ...]] | None:
+        """As alone(), for one statement run once per parameter set, pipelined (asyncpg's fetchmany): one round trip,
+        and one implicit transaction, so an error rolls back every run. The rows of all runs, in order."""
+        return await self._lone(statement, params, many=True)
+
+    async def _lone(self, statement: Executable, params: Sequence[Params], many: bool) -> list[tuple[Any, ...]] | None:
         if self._kept_busy:  # a lone statement whose caller went away is still running
             async with self._engine.connect() as conn:
-                return await self._fetch(conn, statement, params)
+                return await self._fetch(conn, statement, params, many)
         self._kept_busy = True
         try:
-            rows = await self._fetch(await self._keep(), statement, params)
+            rows = await self._fetch(await self._keep(), statement, params, many)
         except asyncio.CancelledError:  # the connection's state is unknown: not used again
             self._drop_kept()
             raise
@@ -193,18 +201,22 @@ class DriverTransactions:
         return self._kept
 
     async def _fetch(
-        self, conn: AsyncConnection, statement: Executable, params: Params
+        self, conn: AsyncConnection, statement: Executable, params: Sequence[Params], many: bool
     ) -> list[tuple[Any, ...]] | None:
         driver: Driver | None = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
         compiled = self._statements.get(statement, ())
         try:
-            return [tuple(row) for row in await driver.fetch(compiled.sql, *compiled.values(params))]
+            if many:
+                found = await driver.fetchmany(compiled.sql, [compiled.values(p) for p in params])
+            else:
+                found = await driver.fetch(compiled.sql, *compiled.values(params[0]))
         except Exception as exc:
             if not driver.is_closed():
                 raise
             await conn.invalidate(exc)
             return None
+        return [tuple(row) for row in found]
 
     def _drop_kept(self) -> None:
         kept, self._kept = self._kept, None

@@ -189,7 +189,7 @@ async def test_postgresql_reserves_alone_commit_asynchronously(
 
     monkeypatch.setattr(ledger, "run_batch", recording)
     user_id, key_id = await new_account(engine, "1")
-    book = ledger.SqlLedger(engine)
+    book = ledger.SqlLedger(engine, together=False)  # every batch the general one
     for _ in range(2):
         held = await asyncio.gather(*(book.reserve(hold_request(user_id, key_id, 1000)) for _ in range(4)))
         await asyncio.gather(*(book.settle(settlement(h, 10)) for h in held))

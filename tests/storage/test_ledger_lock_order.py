@@ -1,17 +1,22 @@
 """Several gateway processes on one PostgreSQL database: their ledger batches lock rows in one global order (holds,
 then users by id, then keys), so two batches that touch the same users in opposite orders wait for each other
-instead of deadlocking (PostgreSQL would abort one of them, and every caller in it would get an error)."""
+instead of deadlocking (PostgreSQL would abort one of them, and every caller in it would get an error). The groups of
+lone-call statements a loaded writer sends (ledger_alone.reserve_many, settle_many) lock users in ascending id too."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.gateway.protocols import Hold, HoldRequest
-from aipower.storage import accounts, db
+from aipower.storage import accounts, db, ledger_alone
 from aipower.storage.batch import BatchConnection
 from aipower.storage.ledger_sql import Settle, run_batch
 from tests.storage.test_ledger import USD, hold_request, new_account, settlement
@@ -37,10 +42,22 @@ async def run_both(
     return await asyncio.gather(*runs, return_exceptions=True)
 
 
-async def test_two_processes_batches_over_the_same_users_in_opposite_orders_both_commit(database_url: str) -> None:
-    engines = [db.make_engine(database_url, ledger=True) for _ in range(2)]  # two pools, like two processes
+@contextlib.asynccontextmanager
+async def two_processes(database_url: str) -> AsyncIterator[tuple[list[AsyncEngine], list[db.Transactions]]]:
+    """Two pools, and a ledger's transactions on each, like two processes."""
+    engines = [db.make_engine(database_url, ledger=True) for _ in range(2)]
     runners = [db.transactions(e) for e in engines]
     try:
+        yield engines, runners
+    finally:
+        for runner in runners:
+            await runner.close()
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_two_processes_batches_over_the_same_users_in_opposite_orders_both_commit(database_url: str) -> None:
+    async with two_processes(database_url) as (engines, runners):
         (a, ka), (b, kb) = [await new_account(engines[0], "1") for _ in range(2)]
         for _ in range(5):  # reserves of A then B against B then A
             outcome = await run_both(
@@ -62,11 +79,6 @@ async def test_two_processes_batches_over_the_same_users_in_opposite_orders_both
             balance = await accounts.balance(engines[0], user_id)
             assert balance.balance_nanos + balance.held_nanos == USD - 5 * 100
         assert await accounts.verify(engines[0]) == []
-    finally:
-        for runner in runners:
-            await runner.close()
-        for engine in engines:
-            await engine.dispose()
 
 
 async def test_a_batch_over_several_users_locks_them_once_in_id_order(engine: AsyncEngine) -> None:
@@ -105,3 +117,35 @@ async def test_a_batch_over_several_users_locks_them_once_in_id_order(engine: As
     else:
         assert seen == writes
     assert writes[:2] == [f"UPDATE {b}", "UPDATE "]  # then the reserves, in their own order
+
+
+async def test_two_processes_groups_over_the_same_users_in_opposite_orders_both_commit(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the pipelined statements are PostgreSQL's")
+    async with two_processes(database_url) as (engines, runners):
+        drivers = [r for r in runners if isinstance(r, db.DriverTransactions)]
+        accounts_ = [await new_account(engines[0], "1") for _ in range(4)]
+        settled = 0
+        for round_ in range(6):
+            mine = [held(hold_request(u, k, 1000)) for u, k in accounts_]
+            theirs = [held(hold_request(u, k, 1000)) for u, k in reversed(accounts_)]
+            now = dt.datetime.now(dt.UTC)
+            taken = await asyncio.gather(
+                *(
+                    ledger_alone.reserve_many(r.alone_many, group, now)
+                    for r, group in zip(drivers, (mine, theirs), strict=True)
+                )
+            )
+            assert all(isinstance(h, Hold) for group in taken for h in group), round_  # no group rolled back
+            charges = await asyncio.gather(
+                *(
+                    ledger_alone.settle_many(r.alone_many, [settlement(h, 100) for h in group if h], now)
+                    for r, group in zip(drivers, taken, strict=True)
+                )
+            )
+            assert all(c == 100 for group in charges for c in group), round_
+            settled += 2 * 100
+        for user_id, _ in accounts_:
+            balance = await accounts.balance(engines[0], user_id)
+            assert (balance.balance_nanos, balance.held_nanos) == (USD - settled, 0)
+        assert await accounts.verify(engines[0]) == []

@@ -12,9 +12,9 @@ settled or lost) nothing is written and the answer is None: the caller runs the 
 Under load the ledger's writer sends the same statements for many calls at once (`reserve_many`, `settle_many`):
 asyncpg's `fetchmany` pipelines them, one round trip, and PostgreSQL runs them in one implicit transaction (an error
 in any rolls back all: then every call of the group goes to the general batch). A batch of paid settles and reserves
-is then two round trips instead of about twelve, each of which waited for a busy event loop. The calls are sent in
-(user, key, hold) order, so locks are taken users ascending, each key after its user, as batches take them
-(ledger_sql); holds belong to one process.
+is then two round trips, sent side by side, instead of about twelve, each of which waited for a busy event loop.
+The calls are sent in (user, key, hold) order, so locks are taken users ascending, each key after its user, as
+batches take them (ledger_sql); holds belong to one process.
 """
 
 from __future__ import annotations

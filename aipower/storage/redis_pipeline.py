@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | int | float
 Orphan = Callable[[Any], None]
@@ -66,6 +67,9 @@ class ScriptPipeline:
         self._alone = False  # a lone call is in flight outside the pipeline
         self._connection: AbstractConnection | None = None
         self._exchanging = asyncio.Lock()  # one exchange at a time on the connection
+        # The client's socket timeout bounds each whole exchange here (one timer, not a task per send and a timer
+        # per reply, as redis-py's own per-call timeouts cost); the kept connection has none of its own.
+        self._timeout: float | None = redis.connection_pool.connection_kwargs.get("socket_timeout")
 
     def script(self, text: str) -> Script:
         return Script(text, self._redis.register_script(text).sha)
@@ -129,17 +133,25 @@ class ScriptPipeline:
     async def _exchange(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
         """Every command's reply (an error reply as its exception), sent at once on the pipeline's connection."""
         async with self._exchanging:
-            if self._connection is None:
-                self._connection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-            connection = self._connection
-            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as error:  # Redis's answer to this command, read whole: the next follows
-                    replies.append(error)
-            return replies
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return await self._send_and_read(commands)
+            except TimeoutError as exc:  # the connection was closed mid-exchange (redis-py does on cancellation)
+                raise RedisTimeoutError(f"Redis did not answer within {self._timeout}s") from exc
+
+    async def _send_and_read(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+        if self._connection is None:
+            self._connection = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            self._connection.socket_timeout = None  # the exchange's timer covers it
+        connection = self._connection
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as error:  # Redis's answer to this command, read whole: the next follows
+                replies.append(error)
+        return replies
 
 
 def _evalsha(command: _Command) -> tuple[Arg, ...]:

@@ -32,19 +32,14 @@ async def test_paid_calls_under_load_go_together_and_stay_exact(
     postgres: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     general: list[int] = []
-    groups: list[int] = []
-    run_batch, alone_many = ledger_sql.run_batch, db.DriverTransactions.alone_many
+    run_batch = ledger_sql.run_batch
 
     def recording_batch(conn: Any, settles: Sequence[Any], reserves: Sequence[Any]) -> Any:
         general.append(len(settles) + len(reserves))
         return run_batch(conn, settles, reserves)
 
-    async def recording_group(self: db.DriverTransactions, statement: Executable, params: Sequence[Params]) -> Any:
-        groups.append(len(params))
-        return await alone_many(self, statement, params)
-
     monkeypatch.setattr(ledger, "run_batch", recording_batch)
-    monkeypatch.setattr(db.DriverTransactions, "alone_many", recording_group)
+    groups = record_groups(monkeypatch)
     user_id, key_id = await new_account(postgres, "1")
     book = ledger.SqlLedger(postgres)
 
@@ -64,22 +59,40 @@ async def test_paid_calls_under_load_go_together_and_stay_exact(
     assert await accounts.verify(postgres) == []
 
 
-async def test_a_group_a_key_limit_rolls_back_is_answered_call_by_call(postgres: AsyncEngine) -> None:
+async def test_a_group_a_key_limit_rolls_back_is_answered_call_by_call(
+    postgres: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user_id, key_id = await new_account(postgres, "1")
     await keys.restrict(postgres, key_id, keys.KeyRestriction(spend_limit_nanos=1500))
     book = ledger.SqlLedger(postgres)
-    # The first goes alone (nothing else in flight); the other two are queued and sent together, and the second of
-    # them would pass the key's limit: the function rolls their group back, and the general batch answers each.
+    await book.reserve(hold_request(user_id, key_id, 100))  # a call in flight: the next ones are queued, not alone
+    groups = record_groups(monkeypatch)
+    # Sent together, the third would pass the key's limit: the function rolls the group back, and the general batch
+    # answers each call.
     results = await asyncio.gather(
         *(book.reserve(hold_request(user_id, key_id, amount)) for amount in (500, 700, 700)), return_exceptions=True
     )
     await book.close()
+    assert groups == [3]
     assert [type(r).__name__ for r in results] == ["Hold", "Hold", "InsufficientCredit"]
     refused = results[2]
     assert isinstance(refused, InsufficientCredit) and refused.code == "key_spend_limit_reached"
-    assert (await accounts.balance(postgres, user_id)).held_nanos == 1200
-    assert await spent(postgres, key_id) == 1200
+    assert (await accounts.balance(postgres, user_id)).held_nanos == 1300
+    assert await spent(postgres, key_id) == 1300
     assert await accounts.verify(postgres) == []
+
+
+def record_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every group of statements sent together from now on."""
+    groups: list[int] = []
+    alone_many = db.DriverTransactions.alone_many
+
+    async def recording(self: db.DriverTransactions, statement: Executable, params: Sequence[Params]) -> Any:
+        groups.append(len(params))
+        return await alone_many(self, statement, params)
+
+    monkeypatch.setattr(db.DriverTransactions, "alone_many", recording)
+    return groups
 
 
 async def spent(engine: AsyncEngine, key_id: str) -> int:

@@ -19,6 +19,8 @@ from tests.redis_service import require_redis
 _PUSH = "redis.call('RPUSH', KEYS[1], ARGV[1]); return {ARGV[1], redis.call('LLEN', KEYS[1])}"
 # The same, after keeping Redis busy for some tens of milliseconds.
 _SLOW_PUSH = "local i = 0 while i < 3000000 do i = i + 1 end " + _PUSH
+# A RESP3 server's answer to HELLO 3, as much of it as redis-py reads.
+_HELLO = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"
 
 
 @pytest.fixture
@@ -28,6 +30,19 @@ async def client() -> AsyncIterator[redis.asyncio.Redis]:
         yield made
     finally:
         await made.aclose()
+
+
+def record_connections(client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The connections taken from the client's pool from now on (a pipeline takes its one at its first call)."""
+    taken: list[Any] = []
+    take = client.connection_pool.get_connection
+
+    async def get_connection() -> Any:
+        taken.append(await take())
+        return taken[-1]
+
+    monkeypatch.setattr(client.connection_pool, "get_connection", get_connection)
+    return taken
 
 
 async def test_concurrent_calls_each_get_their_own_reply_in_order(prefix: str, client: redis.asyncio.Redis) -> None:
@@ -48,14 +63,7 @@ async def test_calls_made_together_share_round_trips(
     """100 concurrent calls go out as a few exchanges on one connection, not as 100 separate ones."""
     pipeline = ScriptPipeline(client)
     push = pipeline.script(_PUSH)
-    taken: list[Any] = []
-    take = client.connection_pool.get_connection
-
-    async def get_connection() -> Any:
-        taken.append(await take())
-        return taken[-1]
-
-    monkeypatch.setattr(client.connection_pool, "get_connection", get_connection)
+    taken = record_connections(client, monkeypatch)
     await pipeline.call(push, [f"{prefix}warm"], ["x"])  # the script is loaded now
     (connection,) = taken
     exchanges: list[int] = []  # the EVALSHAs each exchange carried
@@ -75,17 +83,28 @@ async def test_calls_made_together_share_round_trips(
 
 
 async def test_a_caller_gone_mid_exchange_leaves_no_reply_for_the_next_call(
-    prefix: str, client: redis.asyncio.Redis
+    prefix: str, client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lone call cancelled after its command was sent must not leave its reply on the connection, where the next
     call would read it as its own."""
     pipeline = ScriptPipeline(client)
     slow = pipeline.script(_SLOW_PUSH)
     push = pipeline.script(_PUSH)
+    taken = record_connections(client, monkeypatch)
     await pipeline.call(push, [f"{prefix}warm"], ["x"])
     await pipeline.call(slow, [f"{prefix}warm"], ["x"])  # both scripts loaded, the connection taken
+    monkeypatch.undo()
+    (connection,) = taken
+    sent = asyncio.Event()
+    send = connection.send_packed_command
+
+    async def signalling(packed: list[bytes], check_health: bool = True) -> None:
+        await send(packed, check_health=check_health)
+        sent.set()
+
+    monkeypatch.setattr(connection, "send_packed_command", signalling)
     leaving = asyncio.create_task(pipeline.call(slow, [f"{prefix}slow"], ["gone"]))
-    await asyncio.sleep(0.01)  # sent; Redis is busy with it
+    await sent.wait()  # sent; Redis is busy with it for a while
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leaving
@@ -122,3 +141,31 @@ async def test_a_caller_gone_mid_admission_gives_its_slot_back(prefix: str, clie
     await limiter.close()  # ... by one more call, sent now
     assert int(await client.get(f"{prefix}slot:conc:key_gone") or 0) == 0
     assert (await limiter.admit([], slot)).admitted
+
+
+async def test_a_redis_that_stops_answering_fails_the_call_instead_of_hanging() -> None:
+    """The client's socket timeout bounds each exchange on the kept connection: a server that took the connection (it
+    answers redis-py's connection set-up) and then never answers a command makes the call fail with redis-py's
+    TimeoutError (an outage, for the limiter), and so does the next call, on a new connection."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while data := await reader.read(65536):  # the set-up's HELLO and CLIENT SETINFO get answers; EVALSHA never
+            writer.write(_HELLO * data.count(b"HELLO") + b"+OK\r\n" * data.count(b"CLIENT"))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = redis_limits.connect(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0")
+    pipeline = ScriptPipeline(client)
+    script = pipeline.script(_PUSH)
+    try:
+        for connections in (1, 2):
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await asyncio.wait_for(pipeline.call(script, ["k"], ["v"]), 10)
+            assert len(writers) == connections  # connected, then dropped: the next call connects again
+    finally:
+        await client.aclose()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()

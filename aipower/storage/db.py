@@ -180,7 +180,7 @@ class DriverTransactions:
         return await self._lone(statement, params, many=True)
 
     async def _lone(self, statement: Executable, params: Sequence[Params], many: bool) -> list[tuple[Any, ...]] | None:
-        if self._kept_busy:  # a lone statement whose caller went away is still running
+        if self._kept_busy:  # the other group of a batch, or a lone statement whose caller went away
             async with self._engine.connect() as conn:
                 return await self._fetch(conn, statement, params, many)
         self._kept_busy = True

@@ -105,6 +105,7 @@ class ScriptPipeline:
             await asyncio.gather(self._writer, return_exceptions=True)
         if self._connection is not None:
             connection, self._connection = self._connection, None
+            connection.socket_timeout = self._timeout  # the pool's other users rely on it: their calls have no timer
             await self._redis.connection_pool.release(connection)
 
     async def _write(self) -> None:

@@ -80,6 +80,8 @@ async def test_calls_made_together_share_round_trips(
     assert sum(exchanges) == 100 and 2 <= len(exchanges) <= 5, exchanges
     assert await client.llen(f"{prefix}n") == 100
     await pipeline.close()
+    # Back in the pool with the client's own socket timeout (the pipeline's exchanges had their own timer).
+    assert connection.socket_timeout == client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
 
 
 async def test_a_caller_gone_mid_exchange_leaves_no_reply_for_the_next_call(

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -19,8 +20,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
-    """Run `app` until the block ends; yields its base URL."""
+def serve(app: ASGIApp, port: int | None = None, *, loop: str = "asyncio", http: Any = "h11") -> Iterator[str]:
+    """Run `app` until the block ends; yields its base URL. `http`: uvicorn's protocol, by name or class."""
     port = port or free_port()
     config = uvicorn.Config(
         app,
@@ -28,8 +29,8 @@ def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
         port=port,
         log_level="warning",
         lifespan="on",
-        loop="asyncio",
-        http="h11",
+        loop=loop,
+        http=http,
         proxy_headers=False,  # as `aipower serve` runs: the app reads X-Forwarded-For itself
     )
     server = uvicorn.Server(config)

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from aipower import settings as settings_module
 from aipower.app import build_deployments, create_app, tune_collector
+from aipower.cli.http_protocol import HeadWithBodyProtocol
 from aipower.settings import Settings
 from aipower.storage import accounts, db, ledger
 
@@ -60,7 +61,7 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
         factory=settings.workers > 1,
         log_level=settings.log_level,
         loop="uvloop",
-        http="httptools",
+        http=HeadWithBodyProtocol,  # uvicorn's httptools protocol, head and body in one send
         access_log=False,
         proxy_headers=False,  # X-Forwarded-For is read by aipower itself, only behind AIPOWER_TRUSTED_PROXIES
     )

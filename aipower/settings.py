@@ -20,6 +20,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    http2: bool = False  # also HTTP/2 over cleartext (prior knowledge, "h2c"): needs the http2 extra (zttp)
     connect_timeout: float = 10.0
     first_byte_timeout: float = 120.0
     stream_idle_timeout: float = 120.0
@@ -60,6 +61,7 @@ ENV: Mapping[str, str] = {
     "host": "AIPOWER_HOST",
     "port": "AIPOWER_PORT",
     "workers": "AIPOWER_WORKERS",
+    "http2": "AIPOWER_HTTP2",
     "connect_timeout": "AIPOWER_CONNECT_TIMEOUT",
     "first_byte_timeout": "AIPOWER_FIRST_BYTE_TIMEOUT",
     "stream_idle_timeout": "AIPOWER_STREAM_IDLE_TIMEOUT",
@@ -120,7 +122,14 @@ def export(settings: Settings) -> None:
             os.environ[var] = str(value)
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _convert(var: str, raw: str, type_name: str) -> Any:
+    if type_name == "bool":
+        if raw.strip().lower() not in _BOOLEANS:
+            raise SettingsError(f"{var}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+        return _BOOLEANS[raw.strip().lower()]
     try:
         if type_name == "int":
             return int(raw)

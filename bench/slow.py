@@ -2,7 +2,10 @@
 
 The fake upstream sends one content chunk per `--interval` seconds and ends every stream `--hold` seconds after
 the latest one began, so all N are open together for at least that long. The client (bench/slow_load.py) opens
-them at `--ramp` streams per second over a connector without a connection limit. Meanwhile /proc of the
+them at `--ramp` streams per second over a connector without a connection limit: a connection per stream, so the
+gateway holds two sockets per stream. With `--http2` the callers speak HTTP/2 over cleartext (Node's http2
+client, bench/slow_h2.mjs; the gateway runs with AIPOWER_HTTP2=1 and needs the http2 extra), `--per-connection`
+streams on each connection, and the gateway holds about one socket per stream (the provider's). Meanwhile /proc of the
 gateway is sampled twice a second: RSS, open file descriptors, CPU time. Issue 8's targets: no errors, and
 under 100 MB resident. Open-file limits are raised in every process started (root may raise the hard limit).
 """
@@ -44,10 +47,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, default=10.0, help="seconds all N stay open together (S) [10]")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between upstream chunks [1]")
     parser.add_argument("--ramp", type=float, default=500.0, help="new streams per second while opening [500]")
+    parser.add_argument("--http2", action="store_true", help="callers speak h2c (needs node and the http2 extra)")
+    parser.add_argument("--per-connection", type=int, default=100, help="with --http2: streams per connection [100]")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="more gateway environment")
     args = parser.parse_args(argv)
-    if args.streams < 1 or args.hold <= 0 or args.interval <= 0 or args.ramp <= 0:
-        parser.error("--streams, --hold, --interval and --ramp must be positive")
+    if min(args.streams, args.per_connection) < 1 or min(args.hold, args.interval, args.ramp) <= 0:
+        parser.error("--streams, --per-connection, --hold, --interval and --ramp must be positive")
     return args
 
 
@@ -57,15 +62,20 @@ def sample(pids: Sequence[int]) -> Sample:
 
 def hold_streams(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[str, Any]:
     placement = procs.plan_cpus()
-    nofile = 2 * args.streams + 2000  # each stream is a client socket and an upstream socket in the gateway
+    # Each stream is an upstream socket in the gateway, and over HTTP/1.1 a caller's socket too.
+    nofile = (1 if args.http2 else 2) * args.streams + 2000
     upstream_flags = ("--chunk-interval", str(args.interval), "--hold", str(args.hold))
     upstream_pid, upstream_port = servers.start_upstream(
         stack, placement.upstream, 0, upstream_flags, nofile=args.streams + 1000
     )
-    env = {
-        "AIPOWER_MAX_CONCURRENT_PER_KEY": "0",  # no per-key cap on streams in flight
-        "AIPOWER_UPSTREAM_MAX_CONNECTIONS": str(args.streams + 100),
-    } | dict(item.partition("=")[::2] for item in args.env)
+    env = (
+        {
+            "AIPOWER_MAX_CONCURRENT_PER_KEY": "0",  # no per-key cap on streams in flight
+            "AIPOWER_UPSTREAM_MAX_CONNECTIONS": str(args.streams + 100),
+        }
+        | ({"AIPOWER_HTTP2": "1"} if args.http2 else {})
+        | dict(item.partition("=")[::2] for item in args.env)
+    )
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aipower-slow-")))
     options = servers.ServeOptions(env, nofile=nofile)
     gateway = servers.start_aipower(stack, placement.gateway, workdir, upstream_port, options)
@@ -74,9 +84,12 @@ def hold_streams(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict[
     timeout: float = args.streams / args.ramp + args.hold + 300
     plan: dict[str, Any] = {"url": f"{gateway.url}/chat/completions", "key": gateway.key}
     plan |= {"model": "deepseek/deepseek-chat", "streams": args.streams, "ramp": args.ramp, "timeout": timeout}
-    client = procs.spawn(
-        [sys.executable, "-m", "bench.slow_load", orjson.dumps(plan).decode()], placement.load, nofile=nofile
-    )
+    if args.http2:
+        plan["per_session"] = args.per_connection
+        argv = ["node", str(Path(__file__).with_name("slow_h2.mjs")), orjson.dumps(plan).decode()]
+    else:
+        argv = [sys.executable, "-m", "bench.slow_load", orjson.dumps(plan).decode()]
+    client = procs.spawn(argv, placement.load, nofile=nofile)
     stack.callback(procs.stop, client)
     samples = [rest]
     deadline = time.monotonic() + timeout + 60
@@ -148,7 +161,8 @@ def main(argv: Sequence[str]) -> int:
             print(f"slow-streams failed: {exc}", file=sys.stderr)
             return 1
     rows = summarize(run, args)
-    print(report.render_rows(("metric", f"N={args.streams:,}, S={args.hold:g}s"), rows))
+    callers = f"h2c, {args.per_connection} a connection" if args.http2 else "HTTP/1.1"
+    print(report.render_rows(("metric", f"N={args.streams:,}, S={args.hold:g}s, {callers}"), rows))
     outcome = run["outcome"]
     document: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": report.machine()}
     document |= {"config": vars(args), "rows": dict(rows), "run": run, "load_average_1min": procs.load_average()}

@@ -82,6 +82,19 @@ def test_a_bad_number_names_the_variable(variable: str, value: str) -> None:
     assert repr(value) in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("true", True), ("On", True), ("yes", True), ("0", False), ("off", False)]
+)
+def test_a_switch_takes_the_usual_words(value: str, expected: bool) -> None:
+    assert from_environ({"AIPOWER_HTTP2": value}).http2 is expected
+
+
+def test_a_bad_switch_names_the_variable_and_the_words_it_takes() -> None:
+    with pytest.raises(SettingsError) as raised:
+        from_environ({"AIPOWER_HTTP2": "h2c"})
+    assert "AIPOWER_HTTP2='h2c'" in str(raised.value) and "expected 1 or 0" in str(raised.value)
+
+
 def test_provider_keys_and_base_urls_are_captured() -> None:
     env = {
         "DEEPSEEK_API_KEY": "sk-deep-secret",
@@ -121,6 +134,7 @@ def test_export_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPa
         database_url="sqlite:////tmp/x.db",
         catalog_paths=(Path("/a.toml"), Path("/b.toml")),
         port=8123,
+        http2=True,
         connect_timeout=1.5,
         log_level="warning",
     )

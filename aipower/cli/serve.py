@@ -42,6 +42,7 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
             f"enforce its own rate limits, multiplying them by {settings.workers}. Start Redis and set "
             "AIPOWER_REDIS_URL=redis://127.0.0.1:6379/0, or run one worker per process behind a balancer."
         )
+    protocol = _protocol(settings)
     _migrate(settings)
     released = asyncio.run(_release_stale_holds(settings))
     _announce(settings)
@@ -61,10 +62,21 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
         factory=settings.workers > 1,
         log_level=settings.log_level,
         loop="uvloop",
-        http=HeadWithBodyProtocol,  # uvicorn's httptools protocol, head and body in one send
+        http=protocol,
         access_log=False,
         proxy_headers=False,  # X-Forwarded-For is read by aipower itself, only behind AIPOWER_TRUSTED_PROXIES
     )
+
+
+def _protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with head and body in one send; with AIPOWER_HTTP2, h2c as well."""
+    if not settings.http2:
+        return HeadWithBodyProtocol
+    try:
+        from aipower.cli.h2c_protocol import Http1OrH2c  # zttp, an optional dependency
+    except ImportError as exc:
+        raise click.ClickException(f"AIPOWER_HTTP2=1 needs the http2 extra: pip install -e '.[http2]' ({exc})") from exc
+    return Http1OrH2c
 
 
 def _migrate(settings: Settings) -> None:
@@ -91,7 +103,10 @@ def _announce(settings: Settings) -> None:
     catalog = deployments.catalog
     ready = sorted({t.provider.id for t in deployments.targets.values()})
     missing = [p for pid, p in catalog.providers.items() if pid not in ready]
-    click.echo(f"aipower listening on http://{settings.host}:{settings.port}/v1 ({settings.workers} worker(s))")
+    protocols = "HTTP/1.1 and HTTP/2 cleartext (h2c)" if settings.http2 else "HTTP/1.1"
+    click.echo(
+        f"aipower listening on http://{settings.host}:{settings.port}/v1 ({settings.workers} worker(s), {protocols})"
+    )
     click.echo(f"database: {db.describe(settings.database_url)}")
     limits = "in-process"
     if settings.redis_url:

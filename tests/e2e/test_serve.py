@@ -111,7 +111,7 @@ def test_serve_with_two_workers(
     providers = provider_env(fake_url, skip=frozenset({"minimax"}))
     env = clean_environ({"AIPOWER_DATABASE_URL": database_url, **providers, **shared_limits})
     with aipower_serve(env, tmp_path, "--workers", "2") as served:
-        assert "(2 worker(s))" in served.output()
+        assert "(2 worker(s), HTTP/1.1)" in served.output()
         key = make_key(env, tmp_path)
         with OpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0, timeout=20) as client:
             for _ in range(4):

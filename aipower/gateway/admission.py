@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aipower.catalog import ModelSpec
 from aipower.errors import PermissionDenied, RateLimited
-from aipower.gateway.limits import Batch, Check, RateLimiter, Slot, Window
+from aipower.gateway.limits import Batch, Check, LocalLimiter, RateLimiter, Slot, Window
 from aipower.gateway.protocols import Caller, Limits
 
 DAY = 86_400  # epoch days are UTC days
@@ -41,6 +41,7 @@ class Admission:
     def __init__(self, limiter: RateLimiter, policy: LimitPolicy) -> None:
         self._limiter = limiter
         self._policy = policy
+        self._local = limiter if isinstance(limiter, LocalLimiter) else None
 
     @property
     def demo_models(self) -> frozenset[str]:
@@ -61,6 +62,22 @@ class Admission:
 
     async def finish(self, ticket: Ticket, output_tokens: int) -> None:
         """Release the concurrency slot and count the completion tokens the call really produced."""
+        slot_key, usage = self._finishing(ticket, output_tokens)
+        if slot_key is not None or usage:
+            await self._limiter.finish(slot_key, usage)
+
+    @property
+    def finishes_now(self) -> bool:
+        """The limits live in this process: finish_now() can do finish()'s work without I/O."""
+        return self._local is not None
+
+    def finish_now(self, ticket: Ticket, output_tokens: int) -> None:
+        """finish(), right here (only where finishes_now)."""
+        assert self._local is not None
+        self._local.finish_now(*self._finishing(ticket, output_tokens))
+
+    def _finishing(self, ticket: Ticket, output_tokens: int) -> tuple[str | None, list[Check]]:
+        """The slot to release and the completion tokens to count."""
         caller = ticket.caller
         slot_key = f"conc:{caller.key_id}" if self._policy.max_concurrent else None
         window = self._policy.window_seconds
@@ -69,8 +86,7 @@ class Admission:
             for scope, limit in _scopes(caller, "tpm", self._policy)
             if limit and output_tokens > 0
         ]
-        if slot_key is not None or usage:
-            await self._limiter.finish(slot_key, usage)
+        return slot_key, usage
 
     def _checks(self, caller: Caller, tokens: int) -> tuple[list[tuple[str, str]], list[Check]]:
         """The windows to count, in the order their refusals are reported, each with its (kind, scope)."""

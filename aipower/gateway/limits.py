@@ -99,10 +99,14 @@ class LocalLimiter:
         return Batch(tuple(Window(True, c.limit, used + c.cost, end - now) for c, end, used in states))
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+        self.finish_now(slot_key, usage)
+
+    def finish_now(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+        """finish() without a coroutine: this limiter does no I/O."""
         if slot_key is not None:
             self._release(slot_key)
         for u in usage:
-            await self.add(u.key, u.window_seconds, u.cost)
+            self._add(u.key, u.window_seconds, u.cost)
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         now = self._clock()
@@ -114,6 +118,9 @@ class LocalLimiter:
         return Window(True, limit, used + cost, end - now)
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
+        self._add(key, window_seconds, cost)
+
+    def _add(self, key: str, window_seconds: int, cost: int) -> None:
         end, used = self._current(key, self._clock(), window_seconds)
         self._counters[key] = (end, used + cost)
 

@@ -136,6 +136,9 @@ class Ledger(Protocol):
     async def settle(self, settlement: Settlement) -> int:
         """Replace the hold by the charge, exactly once; returns the nanos actually charged."""
 
+    def settle_now(self, settlement: Settlement) -> int | None:
+        """settle(), committed right here if the ledger can do it without waiting; None: nothing was done."""
+
 
 class RequestLog(Protocol):
     def add(self, entry: LogEntry) -> None:

@@ -98,14 +98,32 @@ class SqlLedger:
 
     async def settle(self, settlement: Settlement) -> int:
         """The charge, once it is committed (0 if the hold was already settled)."""
+        now = self.settle_now(settlement)
+        if now is not None:
+            return now
         try:
-            done = self._run_now([settlement], [])
-            if done is None and self._alone is not None and self._lone() and ledger_alone.may_settle_alone(settlement):
+            done = None
+            if self._alone is not None and self._lone() and ledger_alone.may_settle_alone(settlement):
                 charged = await ledger_alone.settle(self._alone.alone, settlement=settlement, now=_now())
                 done = None if charged is None else [charged]
             result = done[0] if done is not None else await self._queue(self._settles, settlement)
         finally:
             self._in_flight = max(0, self._in_flight - 1)
+        assert result is None or isinstance(result, int)
+        return result or 0
+
+    def settle_now(self, settlement: Settlement) -> int | None:
+        """The charge, committed right here when the backend can without waiting (a lone call on SQLite with the
+        write lock free); None: nothing was done, settle() will."""
+        try:
+            done = self._run_now([settlement], [])
+        except BaseException:
+            self._in_flight = max(0, self._in_flight - 1)
+            raise
+        if done is None:
+            return None
+        self._in_flight = max(0, self._in_flight - 1)
+        result = done[0]
         assert result is None or isinstance(result, int)
         return result or 0
 

@@ -7,6 +7,8 @@ from decimal import Decimal
 from fractions import Fraction
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aipower.money import NANOS_PER_USD, Price, cost, format_usd
 
@@ -44,6 +46,25 @@ def test_cost_examples(input_tokens: int, output_tokens: int, p: Price, expected
     result = cost(input_tokens, output_tokens, p)
     assert result == expected
     assert type(result) is int
+
+
+@given(
+    st.integers(0, 10**12),
+    st.integers(0, 10**12),
+    st.decimals(0, 1000, places=6, allow_nan=False, allow_infinity=False),
+    st.decimals(0, 1000, places=9, allow_nan=False, allow_infinity=False),
+)
+def test_cost_is_exact_for_any_size_and_any_number_of_decimals(
+    input_tokens: int, output_tokens: int, input_usd: Decimal, output_usd: Decimal
+) -> None:
+    p = Price(input=input_usd, output=output_usd)
+    assert cost(input_tokens, output_tokens, p) == math.ceil(exact_nanos(input_tokens, output_tokens, p))
+
+
+@pytest.mark.parametrize("amount", ["-0.01", "NaN", "Infinity"])
+def test_a_price_must_be_finite_and_not_negative(amount: str) -> None:
+    with pytest.raises(ValueError, match="price"):
+        Price(input=Decimal(amount), output=Decimal("1"))
 
 
 def test_the_rounding_is_once_per_call_not_per_side() -> None:

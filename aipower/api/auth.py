@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 
 from starlette.requests import Request
 
@@ -30,6 +32,7 @@ class Authenticator:
         self._ttl = ttl
         self._guard = guard
         self._cache: dict[str, tuple[Caller, float]] = {}
+        self._finding: dict[str, asyncio.Task[Caller | None]] = {}  # digest -> the store lookup in flight
 
     async def caller(self, request: Request) -> Caller:
         """The caller of an HTTP request, with its client IP resolved through the trusted proxies."""
@@ -56,7 +59,7 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             caller = cached[0]
         else:
-            found = await self._store.find(digest)
+            found = await self._find(digest)
             if found is None:
                 raise AuthenticationFailed(
                     "Incorrect API key provided. Check it for typos, or ask the operator for a new one "
@@ -71,6 +74,22 @@ class Authenticator:
                 code="revoked_api_key",
             )
         return caller
+
+    async def _find(self, digest: str) -> Caller | None:
+        """One store lookup per key at a time: callers that miss together share it. A busy key's cache entry
+        expires under all its callers at once; without this each of them queried the database (on PostgreSQL at
+        c=32, enough at once to open and close a dozen pooled connections every `ttl` seconds)."""
+        lookup = self._finding.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._store.find(digest))
+            self._finding[digest] = lookup
+            lookup.add_done_callback(partial(self._found, digest))
+        return await asyncio.shield(lookup)  # a caller that goes away leaves the lookup to the others
+
+    def _found(self, digest: str, lookup: asyncio.Task[Caller | None]) -> None:
+        self._finding.pop(digest, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here too: every caller that awaited it may have gone away
 
     def _remember(self, digest: str, caller: Caller, now: float) -> None:
         if self._ttl <= 0:

@@ -4,18 +4,26 @@ connection, with the openai Python SDK on an HTTP/2-only httpx client."""
 from __future__ import annotations
 
 import asyncio
+import secrets
+import socket
 import time
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import httpx
 import openai
+import orjson
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import provider_env
+from tests.billing_helpers import balance_of, verify
+from tests.conftest import create_key, provider_env
 from tests.e2e.conftest import aipower_serve, clean_environ
 from tests.e2e.test_serve import MODEL, make_key
-from tests.fakes.upstream import FakeUpstream, SlowReply
+from tests.fakes.upstream import FakeUpstream, SlowReply, SseReply, stream_chunks
 
 PROMPT = [{"role": "user", "content": "Hi"}]
 
@@ -58,9 +66,9 @@ def test_h2c_callers_get_completions_streams_and_errors(
 
 
 async def test_h2c_streams_in_flight_together_share_one_connection(
-    database_url: str, fake_upstream_server: tuple[FakeUpstream, str], tmp_path: Path
+    database_url: str, fake_upstream_server: tuple[FakeUpstream, str], upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    fake, fake_url = fake_upstream_server
+    fake, fake_url = upstream, fake_upstream_server[1]
     providers = provider_env(fake_url, skip=frozenset({"minimax"}))
     env = clean_environ({"AIPOWER_DATABASE_URL": database_url, "AIPOWER_HTTP2": "1", **providers})
     with aipower_serve(env, tmp_path) as served:
@@ -78,3 +86,75 @@ async def test_h2c_streams_in_flight_together_share_one_connection(
             started = time.monotonic()
             assert await asyncio.gather(*(one() for _ in range(20))) == ["Hello"] * 20
             assert time.monotonic() - started < 8  # side by side on the one connection
+
+
+class RawH2c:
+    """A bare HTTP/2 client over a socket (the h2 library): unlike httpx, it can reset one stream, as browsers and
+    Node do when a caller stops reading (httpx leaves the stream open and drops what arrives)."""
+
+    def __init__(self, url: str) -> None:
+        self.authority = url.removeprefix("http://")
+        host, port = self.authority.split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self._flush()
+
+    def post(self, path: str, key: str, body: dict[str, object]) -> int:
+        stream_id: int = self.conn.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":path", path), (":scheme", "http"), (":authority", self.authority)]
+        headers += [("authorization", f"Bearer {key}"), ("content-type", "application/json")]
+        self.conn.send_headers(stream_id, headers)
+        self.conn.send_data(stream_id, orjson.dumps(body), end_stream=True)
+        self._flush()
+        return stream_id
+
+    def read(self, stream_id: int, until: bytes) -> bytes:
+        """The stream's data so far, once it contains `until` (or the stream ended)."""
+        received = b""
+        while until not in received:
+            for event in self.conn.receive_data(self.sock.recv(65536)):
+                if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
+                    received += event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                if isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                    return received
+            self._flush()
+        return received
+
+    def reset(self, stream_id: int) -> None:
+        self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+        self._flush()
+
+    def _flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+
+def test_an_h2c_caller_that_resets_its_stream_stops_the_upstream_and_pays_once(
+    database_url: str, fake_upstream_server: tuple[FakeUpstream, str], upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """HTTP/2 ends one stream (RST_STREAM), not the connection: the gateway must still see the caller go, cut the
+    upstream off, settle the call, and keep serving the connection's other streams."""
+    fake, fake_url = upstream, fake_upstream_server[1]  # `upstream`: the fake, reset for this test
+    providers = provider_env(fake_url, skip=frozenset({"minimax"}))
+    env = clean_environ({"AIPOWER_DATABASE_URL": database_url, "AIPOWER_HTTP2": "1", **providers})
+    email = f"h2c-{secrets.token_hex(4)}@example.com"
+    key, _ = create_key(database_url, email)
+    fake.enqueue(SseReply(stream_chunks("deepseek-chat", ["Once"], usage=False)[:2], hang=True))
+    with aipower_serve(env, tmp_path) as served:
+        client = RawH2c(served.url)
+        stream = client.post("/v1/chat/completions", key, {"model": MODEL, "messages": PROMPT, "stream": True})
+        assert b'"content":"Once"' in client.read(stream, until=b'"content":"Once"')
+        assert not fake.stream_closed.is_set()
+        client.reset(stream)
+        assert fake.stream_closed.wait(timeout=2.0)  # the reset reached the upstream
+
+        deadline = time.monotonic() + 5
+        while balance_of(database_url, email).held_nanos and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert balance_of(database_url, email).held_nanos == 0  # settled, not left held
+        assert verify(database_url) == []
+
+        again = client.post("/v1/chat/completions", key, {"model": MODEL, "messages": PROMPT})
+        assert b"Hello from the fake upstream." in client.read(again, until=b"Hello from the fake upstream.")
+        client.sock.close()

@@ -79,7 +79,10 @@ class Transport:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300, keepalive_timeout=30)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeouts.connect)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        # No cookie jar: one client serves every caller, so a cookie a provider sets on one caller's answer would
+        # ride along on everyone's later requests (and matching cookies costs every request some CPU).
+        jar = aiohttp.DummyCookieJar()
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, cookie_jar=jar)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.api.conftest import dedicated_client
 from tests.conftest import Gateway, provider_env
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, JsonReply, completion
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -129,3 +129,19 @@ def test_streams_ask_the_upstream_for_usage(client: openai.OpenAI, upstream: Fak
     sent = upstream.last.json
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
+
+
+def test_a_providers_cookies_are_never_sent_back_nor_shown_to_the_caller(
+    gateway: Gateway, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    """The gateway is one client for every caller: a cookie a provider sets on one caller's answer (Cloudflare in
+    front of a provider sets several) must not ride along on anyone's next request. The provider is reached by a
+    host name here, as real ones are (a cookie jar ignores cookies from a bare IP address)."""
+    by_name = upstream_url.replace("127.0.0.1", "localhost")
+    upstream.enqueue(JsonReply(completion("gpt-4o-mini", "one"), headers={"set-cookie": "__cf_bm=one; Path=/"}))
+    with dedicated_client(gateway, by_name) as client:
+        first = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=HELLO)
+        assert "set-cookie" not in first.headers
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=HELLO)
+    assert len(upstream.requests) == 2
+    assert "cookie" not in upstream.requests[1].headers

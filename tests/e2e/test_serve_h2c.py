@@ -4,6 +4,7 @@ connection, with the openai Python SDK on an HTTP/2-only httpx client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import time
@@ -143,18 +144,18 @@ def test_an_h2c_caller_that_resets_its_stream_stops_the_upstream_and_pays_once(
     fake.enqueue(SseReply(stream_chunks("deepseek-chat", ["Once"], usage=False)[:2], hang=True))
     with aipower_serve(env, tmp_path) as served:
         client = RawH2c(served.url)
-        stream = client.post("/v1/chat/completions", key, {"model": MODEL, "messages": PROMPT, "stream": True})
-        assert b'"content":"Once"' in client.read(stream, until=b'"content":"Once"')
-        assert not fake.stream_closed.is_set()
-        client.reset(stream)
-        assert fake.stream_closed.wait(timeout=2.0)  # the reset reached the upstream
+        with contextlib.closing(client.sock):
+            stream = client.post("/v1/chat/completions", key, {"model": MODEL, "messages": PROMPT, "stream": True})
+            assert b'"content":"Once"' in client.read(stream, until=b'"content":"Once"')
+            assert not fake.stream_closed.is_set()
+            client.reset(stream)
+            assert fake.stream_closed.wait(timeout=2.0)  # the reset reached the upstream
 
-        deadline = time.monotonic() + 5
-        while balance_of(database_url, email).held_nanos and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert balance_of(database_url, email).held_nanos == 0  # settled, not left held
-        assert verify(database_url) == []
+            deadline = time.monotonic() + 5
+            while balance_of(database_url, email).held_nanos and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert balance_of(database_url, email).held_nanos == 0  # settled, not left held
+            assert verify(database_url) == []
 
-        again = client.post("/v1/chat/completions", key, {"model": MODEL, "messages": PROMPT})
-        assert b"Hello from the fake upstream." in client.read(again, until=b"Hello from the fake upstream.")
-        client.sock.close()
+            again = client.post("/v1/chat/completions", key, {"model": MODEL, "messages": PROMPT})
+            assert b"Hello from the fake upstream." in client.read(again, until=b"Hello from the fake upstream.")

@@ -52,6 +52,7 @@ def measure(config: throughput.Config) -> dict[str, list[PhaseResult]]:
                 "model": config.gateway_model,
             }
         load = servers.LoadClient(stack, placement.load)
+        move = throughput.single_move(config, placement, upstream_pid)
 
         def run(name: str, spec: throughput.PhaseSpec, duration: float) -> PhaseResult:
             pids = {"upstream": [upstream_pid]} | ({"gateway": gateways[name].pids} if name in gateways else {})
@@ -62,7 +63,8 @@ def measure(config: throughput.Config) -> dict[str, list[PhaseResult]]:
                 "duration": duration,
                 "pids": pids,
             }
-            return load.run(command, timeout=duration + 90)
+            with move.during(spec) if move else contextlib.nullcontext():
+                return load.run(command, timeout=duration + 90)
 
         for name in TARGETS:  # warm-up: connections, caches; dropped
             for spec in throughput.PHASES:

@@ -8,7 +8,7 @@ import resource
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -24,6 +24,25 @@ class Placement:
     upstream: frozenset[int]
     gateway: frozenset[int]
     load: frozenset[int]
+
+
+@contextlib.contextmanager
+def moved(pid: int, cpus: frozenset[int], home: frozenset[int]) -> Iterator[None]:
+    """Run every thread of `pid` on `cpus` for the block, then on `home` again (no-op if either is empty)."""
+    if not cpus or not home or cpus == home:
+        yield
+        return
+    _pin_threads(pid, cpus)
+    try:
+        yield
+    finally:
+        _pin_threads(pid, home)
+
+
+def _pin_threads(pid: int, cpus: frozenset[int]) -> None:
+    for task in (_PROC / str(pid) / "task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def plan_cpus() -> Placement:

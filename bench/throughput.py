@@ -62,6 +62,7 @@ class Config:
     backend: str = "sqlite"
     redis: bool = False
     workers: int = 1
+    single_placement: str = "symmetric"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite", help="database [sqlite]")
     parser.add_argument("--redis", action="store_true", help="rate limits on Redis (a private key prefix)")
     parser.add_argument("--workers", type=int, default=1, help="aipower serve --workers (>1 needs --redis) [1]")
+    parser.add_argument(
+        "--single-placement",
+        choices=("symmetric", "shared"),
+        default="symmetric",
+        help="the single (c=1, JSON) phase: the upstream runs on the gateway's core, so a direct call and a call "
+        "through the gateway each cross between cores once a round trip (symmetric), or stays beside the load "
+        "generator, where a direct call never crosses (shared) [symmetric]",
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
@@ -113,6 +122,7 @@ def config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Co
         backend=args.backend,
         redis=bool(args.redis),
         workers=args.workers,
+        single_placement=args.single_placement,
     )
 
 
@@ -123,13 +133,45 @@ class Targets:
     pids: dict[str, list[int]]
 
 
+@dataclass(frozen=True, slots=True)
+class SingleMove:
+    """Where the upstream runs during the `single` phase (see `--single-placement`).
+
+    On two CPUs the load generator and the upstream share one, so a direct call at c=1 never crosses between cores
+    while a call through the gateway crosses on both of its round trips. In the `single` phase the upstream and the
+    gateway never run at the same time (the gateway waits for the answer), so the upstream can run on the gateway's
+    core without taking CPU from it: then each path crosses once a round trip (caller to server). A stream's upstream
+    keeps writing chunks while the gateway relays the first, so `stream-single` stays as placed.
+    """
+
+    upstream_pid: int
+    cpus: frozenset[int]  # during the single phase
+    home: frozenset[int]  # otherwise
+
+    def during(self, spec: PhaseSpec) -> contextlib.AbstractContextManager[None]:
+        if not spec.single or spec.stream:
+            return contextlib.nullcontext()
+        return procs.moved(self.upstream_pid, self.cpus, self.home)
+
+
+def single_move(config: Config, placement: procs.Placement, upstream_pid: int) -> SingleMove | None:
+    """Only where the load generator and the upstream share CPUs (2 CPUs), and only for a gateway this bench
+    started and pinned alone to its core."""
+    if config.single_placement != "symmetric" or config.gateway_url or config.workers > 1 or not placement.gateway:
+        return None
+    if placement.load != placement.upstream:
+        return None  # 3 or more CPUs: a direct call already crosses between cores
+    return SingleMove(upstream_pid, placement.gateway, placement.upstream)
+
+
 class Runner:
     """Sends phases to the load generator and files the results by (target, phase)."""
 
-    def __init__(self, load: servers.LoadClient, targets: Targets, config: Config) -> None:
+    def __init__(self, load: servers.LoadClient, targets: Targets, config: Config, move: SingleMove | None) -> None:
         self._load = load
         self._targets = targets
         self._config = config
+        self._move = move
         self.results: dict[str, list[PhaseResult]] = {}
 
     def phase(self, target: str, spec: PhaseSpec, duration: float) -> PhaseResult:
@@ -140,7 +182,8 @@ class Runner:
             "duration": duration,
             "pids": self._targets.pids,
         }
-        return self._load.run(command, timeout=duration + 90)
+        with self._move.during(spec) if self._move else contextlib.nullcontext():
+            return self._load.run(command, timeout=duration + 90)
 
     def measure(self, target: str, spec: PhaseSpec) -> None:
         result = self.phase(target, spec, self._config.duration)
@@ -191,7 +234,8 @@ def execute(config: Config, prepare: Prepare | None = None) -> dict[str, Any]:
             gateway={"url": f"{gateway.url}/chat/completions", "key": gateway.key, "model": config.gateway_model},
             pids={"upstream": [upstream_pid]} | ({"gateway": gateway.pids} if gateway.pids else {}),
         )
-        runner = Runner(servers.LoadClient(stack, placement.load), targets, config)
+        move = single_move(config, placement, upstream_pid)
+        runner = Runner(servers.LoadClient(stack, placement.load), targets, config, move)
         run_rounds(runner, config)
         rss_after = procs.rss_bytes(gateway.pids) if gateway.pids else None
     return {
@@ -199,7 +243,8 @@ def execute(config: Config, prepare: Prepare | None = None) -> dict[str, Any]:
         "rss": (rss_rest, rss_after),
         "load_average": (load_before, procs.load_average()),
         "gateway_url": gateway.url,
-        "placement": {k: sorted(v) for k, v in asdict(placement).items()},
+        "placement": {k: sorted(v) for k, v in asdict(placement).items()}
+        | {"single_phase": "upstream on the gateway's CPUs" if move else "as above"},
     }
 
 

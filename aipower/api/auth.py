@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +14,7 @@ from starlette.requests import Request
 
 from aipower.api.client_ip import Network, client_ip
 from aipower.errors import AuthenticationFailed, RateLimited
+from aipower.gateway import billing
 from aipower.gateway import keys as key_format
 from aipower.gateway.limits import RateLimiter
 from aipower.gateway.protocols import Caller, KeyStore
@@ -73,6 +75,8 @@ class Authenticator:
                 "This API key has been revoked. Use another key, or ask the operator for a new one.",
                 code="revoked_api_key",
             )
+        if caller.expires_at is not None:  # checked on every request: the cache never extends a key's life
+            billing.check_expiry(caller, dt.datetime.now(dt.UTC))
         return caller
 
     async def _find(self, digest: str) -> Caller | None:

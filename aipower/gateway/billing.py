@@ -47,12 +47,17 @@ def bonuses(rules: BillingRules, topup_usd: Decimal, first: bool) -> list[tuple[
     return earned
 
 
-def check_key(caller: Caller, model_ids: Sequence[str], now: dt.datetime) -> None:
-    """Per-key restrictions that need no database: expiry and the allowed-model list."""
+def check_expiry(caller: Caller, now: dt.datetime) -> None:
+    """An expired key is refused on every endpoint (the API layer checks it with the key, on every request)."""
     if caller.expires_at is not None and caller.expires_at <= now:
         raise AuthenticationFailed(
             "This API key has expired. Ask the operator for a new one or a later expiry.", code="key_expired"
         )
+
+
+def check_key(caller: Caller, model_ids: Sequence[str], now: dt.datetime) -> None:
+    """Per-key restrictions that need no database: expiry and the allowed-model list."""
+    check_expiry(caller, now)
     if caller.allowed_models is not None:
         refused = [m for m in model_ids if m not in caller.allowed_models]
         if refused:

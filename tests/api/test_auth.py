@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import httpx
 import pytest
@@ -20,6 +21,18 @@ def revoke(database_url: str, key_id: str) -> None:
         engine = db.make_engine(database_url)
         try:
             await key_store.revoke(engine, key_id)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def expire(database_url: str, key_id: str) -> None:
+    async def run() -> None:
+        engine = db.make_engine(database_url)
+        try:
+            yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+            await key_store.restrict(engine, key_id, key_store.KeyRestriction(expires_at=yesterday))
         finally:
             await engine.dispose()
 
@@ -70,6 +83,34 @@ def test_revoked_key_is_refused(gateway: Gateway, upstream: FakeUpstream) -> Non
 
     assert_refused(response, "revoked_api_key", secret)
     assert "revoked" in response.json()["error"]["message"]
+    assert upstream.requests == []
+
+
+def test_an_expired_key_is_refused_on_every_endpoint(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """Not only new calls: an expired key must not read the balance, the usage or a stored conversation either."""
+    secret, key_id = create_key(gateway.database_url, "expired@example.com")
+    with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {secret}"}) as http:
+        stored = http.post("/responses", json={"model": "deepseek/deepseek-chat", "input": "my secret diary"})
+        assert stored.status_code == 200
+        response_id = stored.json()["id"]
+        expire(gateway.database_url, key_id)
+        upstream.reset()
+        attempts = [
+            ("POST", "/chat/completions"),
+            ("GET", "/models"),
+            ("GET", "/balance"),
+            ("GET", "/usage"),
+            ("GET", f"/responses/{response_id}"),
+            ("GET", f"/responses/{response_id}/input_items"),
+            ("DELETE", f"/responses/{response_id}"),
+        ]
+        refusals = {
+            path: http.request(method, path, json=CHAT if method == "POST" else None) for method, path in attempts
+        }
+
+    for response in refusals.values():
+        assert_refused(response, "key_expired", secret)
+    assert "expired" in refusals["/models"].json()["error"]["message"]
     assert upstream.requests == []
 
 

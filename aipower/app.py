@@ -160,8 +160,7 @@ def _lifespan(services: Services) -> Callable[[Starlette], contextlib.AbstractAs
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await services.transport.start()
         await services.request_log.start()
-        if services.demo_key:
-            await keys.ensure_demo_key(services.engine, services.demo_key)
+        await keys.sync_demo_key(services.engine, services.demo_key)
         try:
             yield
         finally:

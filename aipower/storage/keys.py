@@ -120,7 +120,30 @@ class SqlKeyStore:
 DEMO_EMAIL = "demo@aipower.invalid"
 
 
-async def ensure_demo_key(engine: AsyncEngine, secret: str) -> None:
+async def sync_demo_key(engine: AsyncEngine, secret: str) -> None:
+    """Make the configured demo key ("" for none) the only live key on the demo account, at every start: a demo key
+    turned off or changed is revoked (it would otherwise go on working as an ordinary key on that account), and the
+    configured one is created, or live again if it was revoked. Idempotent and safe to race."""
+    digest = key_format.digest(secret) if secret else None
+    demo_user = select(users.c.id).where(users.c.email == DEMO_EMAIL).scalar_subquery()
+    others = api_keys.c.digest != digest if digest else api_keys.c.digest.is_not(None)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(api_keys)
+            .where(api_keys.c.user_id == demo_user, api_keys.c.revoked_at.is_(None), others)
+            .values(revoked_at=dt.datetime.now(dt.UTC))
+        )
+        if digest:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.user_id == demo_user, api_keys.c.digest == digest)
+                .values(revoked_at=None)
+            )
+    if secret:
+        await _ensure_demo_key(engine, secret)
+
+
+async def _ensure_demo_key(engine: AsyncEngine, secret: str) -> None:
     """The public demo key and the account its calls are recorded against (idempotent, safe to race)."""
     digest = key_format.digest(secret)
     async with engine.connect() as conn:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import httpx
 import pytest
 
+from aipower.app import create_app
 from aipower.storage import db
 from aipower.storage import keys as key_store
-from tests.conftest import Gateway, create_key
+from tests.conftest import BACKENDS, Gateway, create_key, make_settings
+from tests.databases import fresh_database
 from tests.fakes.upstream import FakeUpstream
+from tests.servers import serve
 
 CHAT = {"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -112,6 +116,29 @@ def test_an_expired_key_is_refused_on_every_endpoint(gateway: Gateway, upstream:
         assert_refused(response, "key_expired", secret)
     assert "expired" in refusals["/models"].json()["error"]["message"]
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_demo_key_follows_the_configuration_at_every_start(backend: str, tmp_path: Path, upstream_url: str) -> None:
+    """AIPOWER_DEMO_KEY set empty turns the demo key off, and changed replaces it: the old one must not go on
+    working as an ordinary key on the demo account. Set again, it works again."""
+    default, other = "sk-aipower-demo-public", "sk-aipower-another-demo-key"
+
+    def codes(demo_key: str) -> dict[str, int | str]:
+        """What GET /v1/models answers each of the two keys, on a gateway started with `demo_key`."""
+        answers: dict[str, int | str] = {}
+        with serve(create_app(make_settings(url, upstream_url, demo_key=demo_key))) as base:
+            for key in (default, other):
+                with httpx.Client(base_url=f"{base}/v1", headers={"Authorization": f"Bearer {key}"}) as http:
+                    response = http.get("/models")
+                answers[key] = 200 if response.status_code == 200 else response.json()["error"]["code"]
+        return answers
+
+    with fresh_database(backend, tmp_path) as url:
+        assert codes(default) == {default: 200, other: "invalid_api_key"}
+        assert codes("") == {default: "revoked_api_key", other: "invalid_api_key"}
+        assert codes(other) == {default: "revoked_api_key", other: 200}
+        assert codes(default) == {default: 200, other: "revoked_api_key"}
 
 
 def test_the_four_refusals_say_different_things(gateway: Gateway) -> None:

@@ -266,11 +266,17 @@ class Gateway:
     async def _settle(self, call: _Call, outcome: _Outcome) -> int:
         assert call.hold is not None and call.ticket is not None
         usage = outcome.usage
-        list_cost = billing.charge(usage, call.target.model) if usage is not None and call.target is not None else 0
+        succeeded = outcome.status == 200 or (usage is not None and usage.output_tokens > 0)
+        # A failed call costs nothing (a stream that failed before any text included); one its caller cut is charged
+        # for what it used.
+        chargeable = succeeded or outcome.status == CLIENT_CLOSED
+        list_cost = 0
+        if chargeable and usage is not None and call.target is not None:
+            list_cost = billing.charge(usage, call.target.model)
         settlement = Settlement(
             hold=call.hold,
             charge=list_cost if call.hold.mode == "balance" else 0,
-            succeeded=outcome.status == 200 or (usage is not None and usage.output_tokens > 0),
+            succeeded=succeeded,
             entry=self._entry(call, outcome, list_cost),
         )
         charged = self._finish_now(call.ticket, settlement)

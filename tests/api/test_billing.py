@@ -13,7 +13,7 @@ import pytest
 from aipower.storage import keys as key_store
 from tests.billing_helpers import balance_of, billed_calls, grant, ledger_rows, on, top_up, verify
 from tests.conftest import Gateway, create_key
-from tests.fakes.upstream import FakeUpstream, JsonReply, SlowReply, SseReply, completion
+from tests.fakes.upstream import FakeUpstream, JsonReply, SlowReply, SseReply, completion, stream_chunks
 
 CHEAP = "deepseek/deepseek-chat"  # 0.34 / 0.50 USD per 1M tokens, free tier
 PREMIUM = "openai/gpt-4o-mini"
@@ -173,6 +173,22 @@ def test_a_stream_cut_by_the_client_is_billed_an_estimate(gateway: Gateway, upst
     assert rows[-1][1] == "usage" and rows[-1][0] < 0  # ~100 estimated output tokens were charged
     assert -rows[-1][0] >= 100 * 500
     assert balance_of(gateway.database_url, email).held_nanos == 0
+    assert verify(gateway.database_url) == []
+
+
+def test_a_stream_that_fails_before_any_content_costs_nothing(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """The upstream sends its role chunk, then an error: the caller got an error frame and no text, a failed call,
+    which costs nothing (README, "Billing"), prompt included."""
+    email, key, _ = new_user(gateway, top_up_usd="10")
+    role_only = stream_chunks("deepseek-chat", [], usage=False)[:1]
+    upstream.enqueue(SseReply((*role_only, {"error": {"message": "The model crashed"}}), done=False))
+    before = balance_of(gateway.database_url, email)
+    with client(gateway, key) as sdk, pytest.raises(openai.APIError) as caught:
+        for chunk in sdk.chat.completions.create(model=CHEAP, messages=HELLO * 50, stream=True):
+            assert not chunk.choices or not chunk.choices[0].delta.content
+    after = balance_of(gateway.database_url, email)
+    assert "The model crashed" in caught.value.message
+    assert (after.balance_nanos, after.held_nanos) == (before.balance_nanos, 0)
     assert verify(gateway.database_url) == []
 
 

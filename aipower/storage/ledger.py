@@ -166,8 +166,11 @@ class SqlLedger:
             raise
         return None if taken is None else [taken]
 
-    def _release_if_taken(self, running: asyncio.Future[Hold | None]) -> None:
-        if not running.cancelled() and running.exception() is None and (taken := running.result()) is not None:
+    def _release_if_taken(self, running: asyncio.Future[Hold | None] | asyncio.Future[Result]) -> None:
+        """A reserve that took a hold for a caller who is gone: the next batch releases it, uncharged."""
+        if not running.done() or running.cancelled() or running.exception() is not None:
+            return
+        if isinstance(taken := running.result(), Hold):
             self._release_later(taken)
             self._start_writer()
 
@@ -175,7 +178,11 @@ class SqlLedger:
         waiting = _Waiting(op, asyncio.get_running_loop().create_future())
         queue.append(waiting)
         self._start_writer()
-        return await waiting.answer
+        try:
+            return await waiting.answer
+        except asyncio.CancelledError:
+            self._release_if_taken(waiting.answer)  # answered, but its caller was cancelled before it resumed
+            raise
 
     def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():

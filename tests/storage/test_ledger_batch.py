@@ -89,6 +89,34 @@ async def test_a_reserve_whose_caller_went_away_leaves_no_open_hold(engine: Asyn
     assert await accounts.verify(engine) == []
 
 
+async def test_a_reserve_answered_as_its_caller_is_cancelled_is_released(engine: AsyncEngine) -> None:
+    """The writer commits a queued reserve and answers it; in that same pass of the loop, before the caller resumes,
+    the caller is cancelled (a shutdown's timeout, a caller's own timeout). asyncio then raises CancelledError in the
+    caller although its answer holds the hold: the hold has no owner, and must be released, not left open."""
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine)
+    first = await book.reserve(hold_request(user_id, key_id, 1000))  # a call in flight: the next reserve queues
+    callers: list[asyncio.Task[Hold]] = []
+    deliver = book._deliver
+
+    def deliver_then_cancel(answer: asyncio.Future[Any], result: Any) -> None:
+        deliver(answer, result)
+        if callers:
+            callers.pop().cancel()
+
+    book._deliver = deliver_then_cancel  # type: ignore[method-assign]
+    second = asyncio.create_task(book.reserve(hold_request(user_id, key_id, 5000)))
+    callers.append(second)
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    book._deliver = deliver  # type: ignore[method-assign]
+    await book.settle(settlement(first, 300))
+    await book.close()
+    balance = await accounts.balance(engine, user_id)
+    assert (balance.balance_nanos, balance.held_nanos) == (USD - 300, 0)
+    assert await accounts.verify(engine) == []
+
+
 async def test_close_waits_for_queued_settlements(engine: AsyncEngine) -> None:
     user_id, key_id = await new_account(engine, "1")
     book = ledger.SqlLedger(engine)

@@ -30,7 +30,7 @@ async def chat_completions(request: Request) -> Response:
         headers = {"x-request-id": response_id, "x-aipower-model": session.model.id, **session.rate_headers}
         if session.route:
             headers["x-aipower-route"] = session.route
-        return EventStreamResponse(_frames(renderer, session.events), headers)
+        return EventStreamResponse(_frames(renderer, session.events), headers, session.close)
     completion = await ctx.gateway.complete(caller, chat, response_id)
     return Response(
         wire.render_response(completion, response_id, created),

@@ -110,7 +110,7 @@ async def create_response(request: Request) -> Response:
         if chat.stream:
             session = await ctx.gateway.open_stream(caller, chat, draft.id)
             headers["x-aipower-model"] = session.model.id
-            return EventStreamResponse(_stream(ctx, draft, session), headers)
+            return EventStreamResponse(_stream(ctx, draft, session), headers, session.close)
         completion = await ctx.gateway.complete(caller, chat, draft.id)
     except InvalidRequest as exc:
         exc.param = _PARAMS.get(exc.param or "", exc.param)
@@ -159,9 +159,9 @@ async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> Asy
     output = events.OutputBuilder()
     model = session.model.id
     start = render_response(draft.record(model, "in_progress", None, None))
-    yield frames.frame("response.created", {"response": start})
-    yield frames.frame("response.in_progress", {"response": start})
     try:
+        yield frames.frame("response.created", {"response": start})
+        yield frames.frame("response.in_progress", {"response": start})
         async for event in session.events:
             for kind, fields in output.feed(event):
                 yield frames.frame(kind, fields)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TypeVar
 
 from aipower.catalog import BillingRules, ModelSpec, Target
@@ -42,8 +43,12 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class StreamSession:
+    """An open stream. Whoever serves it calls `close()` when done, however it ends: that settles the call even if
+    `events` was never read (an async generator that never started runs no `finally`)."""
+
     model: ModelSpec
     events: AsyncGenerator[StreamEvent, None]
+    close: Callable[[], Awaitable[None]]
     rate_headers: Mapping[str, str] = field(default_factory=dict)
     route: str | None = None
 
@@ -62,6 +67,7 @@ class _Call:
     ticket: Ticket | None = None
     plan: Plan | None = None
     first_at: float = 0.0  # the router's clock when the stream's first event arrived
+    settled: bool = False
 
     @property
     def route(self) -> str | None:
@@ -132,12 +138,29 @@ class Gateway:
             await self._settle(call, _failed(exc))
             raise
         assert call.target is not None
+        relay = self._relay(call, first, events)
         return StreamSession(
             model=call.target.model,
-            events=self._relay(call, first, events),
+            events=relay,
+            close=partial(self._close_stream, call, relay, events),
             rate_headers=call.rate_headers,
             route=call.route,
         )
+
+    async def _close_stream(
+        self, call: _Call, relay: AsyncGenerator[StreamEvent, None], events: AsyncGenerator[StreamEvent, None]
+    ) -> None:
+        """Close the relay (a started one settles in its `finally`); one never started settles here, as cut by its
+        caller before the first event: charged the prompt's estimate, as a stream cut later would be."""
+        try:
+            await relay.aclose()
+        finally:
+            if not call.settled:
+                try:
+                    await events.aclose()
+                finally:
+                    unread = StreamMeter().usage(call.request)
+                    await self._settle(call, _Outcome(CLIENT_CLOSED, "client_closed", unread))
 
     async def _prepare(self, call: _Call) -> list[Target]:
         """Plan, check the key, and reserve; failures here are logged without a hold."""
@@ -265,6 +288,7 @@ class Gateway:
 
     async def _settle(self, call: _Call, outcome: _Outcome) -> int:
         assert call.hold is not None and call.ticket is not None
+        call.settled = True
         usage = outcome.usage
         succeeded = outcome.status == 200 or (usage is not None and usage.output_tokens > 0)
         # A failed call costs nothing (a stream that failed before any text included); one its caller cut is charged

@@ -302,6 +302,30 @@ async def test_a_caller_that_stops_reading_is_logged_as_499_and_closes_the_upstr
     assert (entry.input_tokens, entry.output_tokens, entry.estimated) == (7, 1, True)  # "Hel" so far
 
 
+async def test_a_stream_closed_before_it_is_read_is_settled_once(catalog: Catalog) -> None:
+    """A server that fails before it reads the first event (the caller reset its HTTP/2 stream while the head was
+    being sent) closes the session: the call is settled, its upstream closed. An async generator that never
+    started runs no `finally`, so closing only `events` used to leave the hold open and the slot taken."""
+    r = rig(catalog, {DEEPSEEK: Script(events=STREAM)})
+    session = await r.gateway.open_stream(CALLER, request(DEEPSEEK, stream=True), "req-unread")
+    await session.events.aclose()
+    await session.close()
+    await session.close()
+    assert r.upstream.closed == [DEEPSEEK]
+    [settlement] = r.ledger.settlements
+    assert (settlement.entry.status, settlement.entry.error_code) == (CLIENT_CLOSED, "client_closed")
+    assert (settlement.entry.input_tokens, settlement.entry.output_tokens) == (7, 0)
+
+
+async def test_closing_a_session_after_its_stream_ended_settles_nothing_more(catalog: Catalog) -> None:
+    r = rig(catalog, {DEEPSEEK: Script(events=STREAM)})
+    session = await r.gateway.open_stream(CALLER, request(DEEPSEEK, stream=True), "req-read")
+    assert len(await collect(session.events)) == len(STREAM)
+    await session.close()
+    [settlement] = r.ledger.settlements
+    assert settlement.entry.status == 200
+
+
 async def test_an_empty_stream_is_a_success_with_no_events(catalog: Catalog) -> None:
     r = rig(catalog, {DEEPSEEK: Script(events=())})
     session = await r.gateway.open_stream(CALLER, request(DEEPSEEK, stream=True), "req-16")

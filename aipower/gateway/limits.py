@@ -75,6 +75,9 @@ class RateLimiter(Protocol):
         """Add `cost` unconditionally (usage learned after the call)."""
 
 
+_PRUNE_ABOVE = 100_000
+
+
 class LocalLimiter:
     """Counters in this process's memory: exact for one process, per process when there are several."""
 
@@ -82,6 +85,11 @@ class LocalLimiter:
         self._clock = clock
         self._counters: dict[str, tuple[float, int]] = {}  # key -> (end of its window, used)
         self._slots: dict[str, int] = {}
+        self._next_prune = 0.0
+
+    def __len__(self) -> int:
+        """How many counters it holds (windows not yet pruned)."""
+        return len(self._counters)
 
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         now = self._clock()
@@ -113,8 +121,9 @@ class LocalLimiter:
         end, used = self._current(key, now, window_seconds)
         if used + cost > limit:
             return Window(False, limit, used, end - now)
-        self._counters[key] = (end, used + cost)
-        self._prune(now)
+        if cost:  # a check that costs nothing (the auth guard's, for every address) stores nothing
+            self._counters[key] = (end, used + cost)
+            self._prune(now)
         return Window(True, limit, used + cost, end - now)
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
@@ -132,7 +141,10 @@ class LocalLimiter:
             self._slots.pop(key, None)
 
     def _prune(self, now: float) -> None:
-        if len(self._counters) > 100_000:
+        """Past 100,000 counters, drop the ended windows; at most once a second, as the live ones may be that many
+        (one per address, say) and a scan per call would cost every call that much."""
+        if len(self._counters) > _PRUNE_ABOVE and now >= self._next_prune:
+            self._next_prune = now + 1.0
             self._counters = {k: v for k, v in self._counters.items() if v[0] > now}
 
     def _current(self, key: str, now: float, window_seconds: int) -> tuple[float, int]:

@@ -42,6 +42,27 @@ async def test_costs_and_unconditional_adds() -> None:
     assert (await limiter.hit("t", 100, 60, cost=0)).used == 160
 
 
+async def test_a_check_that_costs_nothing_stores_nothing() -> None:
+    """The auth guard checks every caller's address with cost 0: a crowd of addresses must not fill the table."""
+    limiter = LocalLimiter(Clock())
+    for n in range(1000):
+        assert (await limiter.hit(f"authfail:10.0.{n // 256}.{n % 256}", 20, 60, cost=0)).allowed
+    assert len(limiter) == 0
+    await limiter.hit("authfail:10.0.0.1", 20, 60)
+    assert (await limiter.hit("authfail:10.0.0.1", 20, 60, cost=0)).used == 1
+
+
+async def test_ended_windows_are_dropped_once_the_table_is_large() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock)
+    for n in range(100_001):
+        await limiter.hit(f"k{n}", 5, 60)
+    assert len(limiter) == 100_001  # all live: kept
+    clock.now += 60
+    await limiter.hit("late", 5, 60)
+    assert len(limiter) == 1
+
+
 async def test_concurrency_slots() -> None:
     limiter = LocalLimiter()
     assert [(await limiter.admit([], Slot("c", 2))).admitted for _ in range(3)] == [True, True, False]

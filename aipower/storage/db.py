@@ -38,18 +38,22 @@ def describe(url: str) -> str:
 
 
 def make_engine(url: str, *, ledger: bool = False) -> AsyncEngine:
-    """`ledger=True`: the engine for the ledger's writer (SqlLedger), which runs one batch at a time. On PostgreSQL
+    """Bound values never appear in a database error's message (hide_parameters): they include key digests and
+    e-mail addresses, and such messages reach the log.
+    `ledger=True`: the engine for the ledger's writer (SqlLedger), which runs one batch at a time. On PostgreSQL
     its small pool has no pre-ping: SQLAlchemy's pre-ping costs three round trips per checkout, as much as a
     settlement's statements, and DriverTransactions catches a dead connection at BEGIN instead."""
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         _ensure_parent(target)
-        engine = create_async_engine(target, connect_args={"timeout": 30})
+        engine = create_async_engine(target, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if ledger:
-        return create_async_engine(target, pool_size=1, max_overflow=_RECONNECTS - 1, pool_pre_ping=False)
-    return create_async_engine(target, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        return create_async_engine(
+            target, pool_size=1, max_overflow=_RECONNECTS - 1, pool_pre_ping=False, hide_parameters=True
+        )
+    return create_async_engine(target, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True)
 
 
 def _ensure_parent(url: URL) -> None:

@@ -102,6 +102,21 @@ async def test_ping_a_live_database(database_url: str) -> None:
         await engine.dispose()
 
 
+@pytest.mark.parametrize("ledger", [False, True])
+async def test_a_database_error_does_not_show_the_values_bound(database_url: str, ledger: bool) -> None:
+    """Database errors reach the log; the values of their statements (key digests, e-mail addresses) must not."""
+    secret = "digest-" + secrets.token_hex(16)
+    engine = db.make_engine(database_url, ledger=ledger)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(Exception) as caught:
+                await conn.execute(text("SELECT id FROM no_such_table WHERE digest = :d"), {"d": secret})
+    finally:
+        await engine.dispose()
+    assert "no_such_table" in str(caught.value)
+    assert secret not in str(caught.value)
+
+
 async def test_ping_a_database_that_does_not_exist_is_false() -> None:
     missing = make_url(POSTGRES).set(database="aipower_no_such_database_" + secrets.token_hex(4))
     engine = db.make_engine(missing.render_as_string(hide_password=False))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 
 from starlette.requests import Request
@@ -44,39 +45,38 @@ class Authenticator:
 
     async def _authenticate(self, headers: Mapping[str, str], client_ip: str | None) -> Caller:
         await self._guard.check(client_ip)
-        try:
-            caller = await self._resolve(headers)
-        except AuthenticationFailed:
-            await self._guard.failed(client_ip)
-            raise
+        caller = await self._resolve(headers, client_ip)
         if caller.is_demo or client_ip is not None:
             caller = replace(caller, client_ip=client_ip)
         return caller
 
-    async def _resolve(self, headers: Mapping[str, str]) -> Caller:
-        key = _bearer(headers.get("authorization"))
-        digest = key_format.digest(key)
+    async def _resolve(self, headers: Mapping[str, str], client_ip: str | None) -> Caller:
+        """The caller, or AuthenticationFailed, counted against the address."""
+        try:
+            digest = key_format.digest(_bearer(headers.get("authorization")))
+        except AuthenticationFailed:
+            await self._guard.failed(client_ip)
+            raise
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             caller = cached[0]
         else:
-            found = await self._find(digest)
-            if found is None:
-                raise AuthenticationFailed(
-                    "Incorrect API key provided. Check it for typos, or ask the operator for a new one "
-                    "(`aipower keys create EMAIL`).",
-                    code="invalid_api_key",
-                )
+            async with self._guard.gate(client_ip):
+                found = await self._find(digest)
+                if found is None:
+                    await self._guard.failed(client_ip)  # counted before the address's next lookup starts
+                    raise AuthenticationFailed(
+                        "Incorrect API key provided. Check it for typos, or ask the operator for a new one "
+                        "(`aipower keys create EMAIL`).",
+                        code="invalid_api_key",
+                    )
             caller = replace(found, is_demo=digest == self._guard.demo_digest)
             self._remember(digest, caller, now)
-        if caller.revoked:
-            raise AuthenticationFailed(
-                "This API key has been revoked. Use another key, or ask the operator for a new one.",
-                code="revoked_api_key",
-            )
-        if caller.expires_at is not None:  # checked on every request: the cache never extends a key's life
-            billing.check_expiry(caller, dt.datetime.now(dt.UTC))
+        unusable = _unusable(caller)
+        if unusable is not None:
+            await self._guard.failed(client_ip)
+            raise unusable
         return caller
 
     async def _find(self, digest: str) -> Caller | None:
@@ -101,6 +101,12 @@ class Authenticator:
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         self._cache[digest] = (caller, now + self._ttl)
+
+
+@dataclass(slots=True)
+class _Gate:
+    turns: asyncio.Semaphore
+    users: int = 0
 
 
 class AuthGuard:
@@ -129,6 +135,7 @@ class AuthGuard:
         self._recheck = recheck_seconds
         self._clock = clock
         self._clear: dict[str, float] = {}  # address -> until when it counts as under the limit
+        self._gates: dict[str, _Gate] = {}  # address -> its key lookups in flight (see gate())
 
     async def check(self, client_ip: str | None) -> None:
         if not self._limit or client_ip is None:
@@ -148,10 +155,48 @@ class AuthGuard:
             self._clear.clear()
         self._clear[client_ip] = now + self._recheck
 
+    @contextlib.asynccontextmanager
+    async def gate(self, client_ip: str | None) -> AsyncIterator[None]:
+        """Key lookups from one address run at most `failures_per_minute` at a time; the others wait, and are
+        checked against the count again when their turn comes. So a burst of guesses sent at once is counted as if
+        sent one after another (only the first `failures_per_minute` reach the database), while valid keys behind
+        one address only queue. Cached keys never come here."""
+        if not self._limit or client_ip is None:
+            yield
+            return
+        gate = self._gates.get(client_ip)
+        if gate is None:
+            gate = self._gates[client_ip] = _Gate(asyncio.Semaphore(self._limit))
+        gate.users += 1
+        try:
+            async with gate.turns:
+                await self.check(client_ip)
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                del self._gates[client_ip]
+
     async def failed(self, client_ip: str | None) -> None:
         if self._limit and client_ip is not None:
             self._clear.pop(client_ip, None)
             await self._limiter.add(f"authfail:{client_ip}", 60, 1)
+
+
+def _unusable(caller: Caller) -> AuthenticationFailed | None:
+    """Why a known key may not be used now: revoked, or expired (checked on every request: the cache never extends
+    a key's life)."""
+    if caller.revoked:
+        return AuthenticationFailed(
+            "This API key has been revoked. Use another key, or ask the operator for a new one.",
+            code="revoked_api_key",
+        )
+    if caller.expires_at is not None:
+        try:
+            billing.check_expiry(caller, dt.datetime.now(dt.UTC))
+        except AuthenticationFailed as expired:
+            return expired
+    return None
 
 
 def _bearer(header: str | None) -> str:

@@ -75,3 +75,27 @@ async def test_a_caller_that_goes_away_leaves_the_lookup_to_the_others() -> None
     with pytest.raises(asyncio.CancelledError):
         await first
     assert store.lookups == 1
+
+
+async def test_a_burst_of_guesses_from_one_address_is_counted_like_guesses_sent_in_turn() -> None:
+    """With 3 failures a minute allowed, 200 different keys sent at once from one address: only 3 reach the store
+    and are refused as unknown; the rest wait their turn, and are refused as the address's count is reached."""
+    store = SlowStore({})
+    auth = Authenticator(store, 5.0, AuthGuard(LocalLimiter(), 3, ""))
+    guesses = [f"sk-aipower-guess{n:04d}" for n in range(200)]
+    outcomes = await asyncio.gather(*(auth.caller(request(key)) for key in guesses), return_exceptions=True)
+    codes = [getattr(outcome, "code", None) for outcome in outcomes]
+    assert codes.count("invalid_api_key") == 3
+    assert codes.count("too_many_failed_authentications") == 197
+    assert store.lookups == 3
+
+
+async def test_valid_keys_behind_one_address_queue_but_all_get_in() -> None:
+    """Many users behind one address (a NAT, a proxy not listed as trusted), each with their own key, all missing
+    the cache at once: more lookups than the failure limit, none of them refused."""
+    keys = {f"sk-aipower-user{n:03d}": Caller(f"key_{n}", n) for n in range(10)}
+    store = SlowStore({key_format.digest(key): caller for key, caller in keys.items()})
+    auth = Authenticator(store, 5.0, AuthGuard(LocalLimiter(), 3, ""))
+    callers = await asyncio.gather(*(auth.caller(request(key)) for key in keys))
+    assert [c.key_id for c in callers] == [c.key_id for c in keys.values()]
+    assert store.lookups == 10

@@ -28,6 +28,13 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadWithBody(transport, self.loop))
 
+    def eof_received(self) -> None:
+        """The caller shut its sending side: the loop closes the transport as this returns, so what is held goes
+        out now (a HEAD response's head, say), not at the end of the pass."""
+        if isinstance(self.transport, HeadWithBody):
+            self.transport.flush()
+        super().eof_received()
+
 
 class HeadWithBody(asyncio.Transport):
     """A transport that sends a written response head together with the write that follows it. Everything else is
@@ -46,28 +53,29 @@ class HeadWithBody(asyncio.Transport):
             self._transport.writelines((held, data))
         elif data[:9] == _HEAD and data[-4:] == _HEAD_END:
             self._held = data
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         else:
             self._transport.write(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send the held head, if any."""
         held, self._held = self._held, None
         if held is not None and not self._transport.is_closing():
             self._transport.write(held)
 
     def writelines(self, list_of_data: Iterable[Data]) -> None:
-        self._flush()
+        self.flush()
         self._transport.writelines(list_of_data)
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
         return self._transport.can_write_eof()
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def abort(self) -> None:
@@ -81,7 +89,7 @@ class HeadWithBody(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._flush()
+        self.flush()
         self._transport.set_protocol(protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:

@@ -115,3 +115,18 @@ def test_a_stream_gets_its_head_before_its_first_chunk_is_ready() -> None:
             rest = b""
             while b"data: late" not in rest:
                 rest += sock.recv(65536)
+
+
+def test_a_caller_that_half_closes_after_a_head_request_still_gets_the_head() -> None:
+    """`nc -N`, some health checks: the request, then the caller shuts its sending side. uvicorn answers and then
+    closes the connection at that end of file; the held head must go out before the close, not be dropped."""
+    with serving() as url:
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"HEAD /json HTTP/1.1\r\nhost: test\r\n\r\n")
+                sock.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\n")

@@ -36,6 +36,8 @@ class ProviderClient:
                 raise _redacted(adapter.parse_error(handle.status, await handle.read(), handle.headers), target)
             async for event in adapter.parse_stream(sse.decode(handle.chunks(source))):
                 yield event
+        except UpstreamError as error:  # an error event in the stream may echo the key too
+            raise _redacted(error, target) from None
         finally:
             handle.close()
 

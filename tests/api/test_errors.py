@@ -8,10 +8,11 @@ import httpx
 import openai
 import pytest
 
+from aipower.app import create_app
 from tests.api.conftest import dedicated_client
-from tests.conftest import Gateway, provider_env
+from tests.conftest import Gateway, make_settings, provider_env
 from tests.fakes.upstream import FakeUpstream, JsonReply, RawReply, SlowReply, SseReply, stream_chunks
-from tests.servers import free_port
+from tests.servers import free_port, serve
 
 MODEL = "deepseek/deepseek-chat"
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -149,6 +150,33 @@ def test_mid_stream_error_frame_is_the_last_frame(http: httpx.Client, upstream: 
     last = response.content.rstrip(b"\n").split(b"\n\n")[-1]
     assert last.startswith(b'data: {"error":')
     assert b"[DONE]" not in response.content
+
+
+OPAQUE_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0.AbCdEfGhIjKlMnOp"  # Zhipu's form: nothing like sk- to spot it by
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/responses"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_provider_key_of_any_form_never_reaches_the_caller(
+    gateway: Gateway, upstream: FakeUpstream, upstream_url: str, stream: bool, path: str
+) -> None:
+    """The configured key itself is redacted wherever an upstream echoes it, the stream's error events included."""
+    env = provider_env(upstream_url, skip=frozenset({"minimax"})) | {"DEEPSEEK_API_KEY": OPAQUE_KEY}
+    error = {"error": {"message": f"Authorization failed for api key {OPAQUE_KEY}"}}
+    upstream.enqueue(SseReply((error,), done=False) if stream else JsonReply(error, status=400))
+    body: dict[str, Any] = {"model": MODEL, "stream": stream}
+    body |= {"messages": HELLO} if path == "/chat/completions" else {"input": "Hello"}
+    headers = {"Authorization": f"Bearer {gateway.api_key}"}
+    with (
+        serve(create_app(make_settings(gateway.database_url, upstream_url, provider_env=env))) as url,
+        httpx.Client(base_url=f"{url}/v1", headers=headers, timeout=10) as http,
+    ):
+        response = http.post(path, json=body)
+
+    assert b"Authorization failed" in response.content
+    assert OPAQUE_KEY not in response.text
+    assert "AbCdEfGhIjKlMnOp" not in response.text
+    assert upstream.last.headers["authorization"] == f"Bearer {OPAQUE_KEY}"  # the upstream really had the key
 
 
 ECHOES_THE_KEY: list[Any] = [

@@ -14,7 +14,7 @@ from functools import partial
 from starlette.requests import Request
 
 from aipower.api.client_ip import Network, client_ip
-from aipower.errors import AuthenticationFailed, RateLimited
+from aipower.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from aipower.gateway import billing
 from aipower.gateway import keys as key_format
 from aipower.gateway.limits import RateLimiter
@@ -181,6 +181,18 @@ class AuthGuard:
         if self._limit and client_ip is not None:
             self._clear.pop(client_ip, None)
             await self._limiter.add(f"authfail:{client_ip}", 60, 1)
+
+
+def own_account(caller: Caller, what: str) -> Caller:
+    """The caller, if it may read or change what its account keeps. The public demo key may not: everyone who uses
+    it shares one account, so one demo caller would see, continue or delete another's."""
+    if caller.is_demo:
+        raise PermissionDenied(
+            f"The public demo key cannot use {what}: everyone who uses that key shares its account. "
+            "Use a key of your own (`aipower keys create EMAIL`).",
+            code="not_available_on_demo_key",
+        )
+    return caller
 
 
 def _unusable(caller: Caller) -> AuthenticationFailed | None:

@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from aipower.api.auth import own_account
 from aipower.api.context import ApiContext
 from aipower.errors import InvalidRequest, ModelNotFound
 from aipower.gateway.protocols import Balance, LogEntry, UsageRow
@@ -19,13 +20,13 @@ _DEFAULT_DAYS = 30
 
 async def get_balance(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.caller(request)
+    caller = own_account(await ctx.auth.caller(request), "/v1/balance")
     return _json(render_balance(await ctx.accounts.balance(caller.user_id), ctx.unlock_nanos))
 
 
 async def get_usage(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.caller(request)
+    caller = own_account(await ctx.auth.caller(request), "/v1/usage")
     start, end = _window(request.query_params.get("from"), request.query_params.get("to"))
     group_by = _group_by(request.query_params.get("group_by", "model"))
     rows = await ctx.accounts.usage(caller.user_id, start, end, group_by)
@@ -43,7 +44,7 @@ async def get_usage(request: Request) -> Response:
 
 async def get_generation(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.caller(request)
+    caller = own_account(await ctx.auth.caller(request), "/v1/generation")
     generation_id = request.path_params["generation_id"]
     entry = await ctx.accounts.generation(caller.user_id, generation_id)
     if entry is None:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from aipower.api import responses_events as events
 from aipower.api import responses_wire as wire
+from aipower.api.auth import own_account
 from aipower.api.chat import read_body
 from aipower.api.context import ApiContext
 from aipower.api.event_stream import EventStreamResponse
@@ -92,10 +93,12 @@ async def create_response(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     caller = await ctx.auth.caller(request)
     parsed = wire.parse_request(await read_body(request, ctx.max_body_bytes))
+    if parsed.previous_response_id is not None:
+        own_account(caller, "previous_response_id")
     history = await _history(ctx, caller, parsed.previous_response_id, parsed.model)
     items = wire.input_items(parsed)
     chat = wire.build_chat(parsed, history + items, first_new=len(history))
-    store = parsed.store is not False
+    store = parsed.store is not False and not caller.is_demo  # what a demo caller stores, every demo caller could read
     draft = _Draft(
         id=wire.new_id("resp"),
         caller=caller,
@@ -184,14 +187,14 @@ async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> Asy
 
 async def get_response(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.caller(request)
+    caller = own_account(await ctx.auth.caller(request), "stored responses")
     record = await _find(ctx, caller, request.path_params["response_id"])
     return _json(render_response(record))
 
 
 async def delete_response(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.caller(request)
+    caller = own_account(await ctx.auth.caller(request), "stored responses")
     response_id = request.path_params["response_id"]
     if not await ctx.responses.delete(caller.user_id, response_id):
         raise _not_found(response_id, "response_id")
@@ -201,7 +204,7 @@ async def delete_response(request: Request) -> Response:
 async def list_input_items(request: Request) -> Response:
     """The list object of a response's input items; `order` (default desc), `after` and `limit` (1-100, 20)."""
     ctx: ApiContext = request.app.state.api
-    caller = await ctx.auth.caller(request)
+    caller = own_account(await ctx.auth.caller(request), "stored responses")
     record = await _find(ctx, caller, request.path_params["response_id"])
     items: list[dict[str, Any]] = orjson.loads(record.input_items_json)
     query = request.query_params

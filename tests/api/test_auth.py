@@ -141,6 +141,34 @@ def test_the_demo_key_follows_the_configuration_at_every_start(backend: str, tmp
         assert codes(default) == {default: 200, other: "revoked_api_key"}
 
 
+def test_the_demo_key_keeps_nothing_and_reads_no_account_data(gateway: Gateway, upstream_url: str) -> None:
+    """Everyone who uses the public demo key shares one account: one demo caller must not read, continue or delete
+    what another made, nor see the account's usage. A demo Responses call is answered, and not stored."""
+    headers = {"Authorization": "Bearer sk-aipower-demo-public"}
+    with (
+        serve(create_app(make_settings(gateway.database_url, upstream_url))) as base,  # its own demo quota
+        httpx.Client(base_url=f"{base}/v1", headers=headers, timeout=10) as http,
+    ):
+        made = http.post("/responses", json={"model": "deepseek/deepseek-chat", "input": "my home address is ..."})
+        assert made.status_code == 200 and made.json()["store"] is False
+        response_id = made.json()["id"]
+        refusals = [
+            http.get("/balance"),
+            http.get("/usage"),
+            http.get(f"/generation/{response_id}"),
+            http.get(f"/responses/{response_id}"),
+            http.get(f"/responses/{response_id}/input_items"),
+            http.delete(f"/responses/{response_id}"),
+            http.post(
+                "/responses",
+                json={"model": "deepseek/deepseek-chat", "input": "and?", "previous_response_id": response_id},
+            ),
+        ]
+    for refused in refusals:
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "not_available_on_demo_key"
+
+
 def test_the_four_refusals_say_different_things(gateway: Gateway) -> None:
     attempts = [
         {},

@@ -14,6 +14,9 @@ import pytest
 import redis
 
 from aipower.app import create_app
+from aipower.storage import keys as key_store
+from aipower.storage.reports import SqlAccountReader
+from tests.billing_helpers import on, user_id
 from tests.conftest import Gateway, make_settings
 from tests.fakes.upstream import FakeUpstream, JsonReply, SlowReply, completion
 from tests.redis_service import PrivateRedis
@@ -71,14 +74,17 @@ def test_an_untrusted_forwarded_for_header_is_ignored(
 
 
 def test_demo_calls_are_free_and_recorded(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:
+    """Free to the caller, and recorded for the operator at list price against the demo account (whose records no
+    demo caller may read: the demo key is shared)."""
     with gateway_with(gateway, upstream_url) as url, sdk(url, DEMO) as demo:
         reply = demo.chat.completions.with_raw_response.create(model=CHEAP, messages=HELLO)
-        generation = httpx.get(
-            f"{url}/generation/{reply.parse().id}", headers={"authorization": f"Bearer {DEMO}"}
-        ).json()
+        lookup = httpx.get(f"{url}/generation/{reply.parse().id}", headers={"authorization": f"Bearer {DEMO}"})
+    demo_account = user_id(gateway.database_url, key_store.DEMO_EMAIL)
+    entry = on(gateway.database_url, lambda engine: SqlAccountReader(engine).generation(demo_account, reply.parse().id))
     assert reply.headers["x-aipower-cost"] == "0.00"
-    assert generation["billing"] == "demo"
-    assert generation["cost_usd"] == 0 and generation["list_cost_usd"] > 0
+    assert entry is not None and entry.billing_mode == "demo"
+    assert entry.charged_nanos == 0 and entry.cost_nanos > 0
+    assert (lookup.status_code, lookup.json()["error"]["code"]) == (403, "not_available_on_demo_key")
 
 
 def test_requests_per_minute_429_with_headers(gateway: Gateway, upstream: FakeUpstream, upstream_url: str) -> None:

@@ -6,6 +6,7 @@ per user (the tighter wins); 0 means unlimited.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from aipower.errors import PermissionDenied, RateLimited
 from aipower.gateway.limits import Batch, Check, LocalLimiter, RateLimiter, Slot, Window
 from aipower.gateway.protocols import Caller, Limits
 
+logger = logging.getLogger(__name__)
 DAY = 86_400  # epoch days are UTC days
 
 
@@ -61,10 +63,16 @@ class Admission:
         return Ticket(caller, _tightest(windows, "rpm"), _tightest(windows, "tpm"))
 
     async def finish(self, ticket: Ticket, output_tokens: int) -> None:
-        """Release the concurrency slot and count the completion tokens the call really produced."""
+        """Release the concurrency slot and count the completion tokens the call really produced. Never raises: the
+        call is over (and settled); a limiter that cannot be reached now (Redis down, with limits "closed") must not
+        turn its answer into an error. Its slot then frees itself when the slot's time-to-live runs out."""
         slot_key, usage = self._finishing(ticket, output_tokens)
-        if slot_key is not None or usage:
+        if slot_key is None and not usage:
+            return
+        try:
             await self._limiter.finish(slot_key, usage)
+        except Exception as exc:  # noqa: BLE001 - see the docstring; the type says what failed, without details
+            logger.warning("limits: could not release a finished call's slot and tokens (%s)", type(exc).__name__)
 
     @property
     def finishes_now(self) -> bool:

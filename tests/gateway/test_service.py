@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from aipower.catalog import Catalog, Target, load
-from aipower.errors import GatewayError, ModelNotFound, UpstreamError
+from aipower.errors import GatewayError, ModelNotFound, UpstreamError, UpstreamUnavailable
 from aipower.gateway.admission import Admission, LimitPolicy
 from aipower.gateway.deployments import resolve
-from aipower.gateway.limits import LocalLimiter
+from aipower.gateway.limits import Check, LocalLimiter
 from aipower.gateway.protocols import Caller, Hold, HoldRequest, LogEntry, Settlement
 from aipower.gateway.service import CLIENT_CLOSED, Gateway
 from aipower.messages import (
@@ -300,6 +300,36 @@ async def test_a_caller_that_stops_reading_is_logged_as_499_and_closes_the_upstr
     [entry] = r.entries()
     assert (entry.status, entry.error_code) == (CLIENT_CLOSED, "client_closed")
     assert (entry.input_tokens, entry.output_tokens, entry.estimated) == (7, 1, True)  # "Hel" so far
+
+
+class LimitsDownAtTheEnd(LocalLimiter):
+    """Limits that admitted the call, then cannot be reached when it ends (Redis gone, limits "closed")."""
+
+    async def finish(self, slot_key: str | None, usage: list[Check]) -> None:  # type: ignore[override]
+        raise UpstreamUnavailable("The gateway's rate-limit store is unavailable.", code="limits_unavailable")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_served_call_is_answered_even_if_its_limits_cannot_be_released(catalog: Catalog, stream: bool) -> None:
+    """The call was served and settled (charged): the caller must get its answer, not a 503 it would retry."""
+    r = rig(catalog, {DEEPSEEK: Script(response=answer("Hi", Usage(5, 1)), events=STREAM)})
+    limiter = LimitsDownAtTheEnd()
+    gateway = Gateway(
+        resolve(catalog, {"DEEPSEEK_API_KEY": "k3"}, {"openai"}),
+        r.upstream,
+        r.log,
+        r.ledger,
+        catalog.billing,
+        admission=Admission(limiter, LimitPolicy()),
+    )
+    if stream:
+        session = await gateway.open_stream(CALLER, request(DEEPSEEK, stream=True), "req-limits-down")
+        assert len(await collect(session.events)) == len(STREAM)
+    else:
+        completion = await gateway.complete(CALLER, request(DEEPSEEK), "req-limits-down")
+        assert completion.usage.output_tokens == 1
+    [settlement] = r.ledger.settlements
+    assert settlement.entry.status == 200 and settlement.charge > 0
 
 
 async def test_a_stream_closed_before_it_is_read_is_settled_once(catalog: Catalog) -> None:

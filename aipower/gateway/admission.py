@@ -37,6 +37,7 @@ class Ticket:
     caller: Caller
     requests: Window | None
     tokens: Window | None
+    slot_token: str = ""
 
 
 class Admission:
@@ -60,7 +61,7 @@ class Admission:
         if not batch.admitted:
             raise self._refusal(labels, batch)
         windows = list(zip(labels, batch.windows, strict=True))
-        return Ticket(caller, _tightest(windows, "rpm"), _tightest(windows, "tpm"))
+        return Ticket(caller, _tightest(windows, "rpm"), _tightest(windows, "tpm"), batch.slot_token)
 
     async def finish(self, ticket: Ticket, output_tokens: int) -> None:
         """Release the concurrency slot and count the completion tokens the call really produced. Never raises: the
@@ -70,7 +71,7 @@ class Admission:
         if slot_key is None and not usage:
             return
         try:
-            await self._limiter.finish(slot_key, usage)
+            await self._limiter.finish(slot_key, usage, ticket.slot_token)
         except Exception as exc:  # noqa: BLE001 - see the docstring; the type says what failed, without details
             logger.warning("limits: could not release a finished call's slot and tokens (%s)", type(exc).__name__)
 

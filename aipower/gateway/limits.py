@@ -55,6 +55,7 @@ class Batch:
 
     windows: tuple[Window, ...]
     slot_free: bool = True
+    slot_token: str = ""  # this call's hold on the slot, to give back in finish() (limiters that need one)
 
     @property
     def admitted(self) -> bool:
@@ -65,8 +66,9 @@ class RateLimiter(Protocol):
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         """All or nothing: check every window and the slot; only if all pass, count them all and take the slot."""
 
-    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
-        """Release the slot (if any) and add each usage's cost unconditionally (its limit is ignored)."""
+    async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
+        """Release the slot (if any; `slot_token` is the admission's Batch.slot_token) and add each usage's cost
+        unconditionally (its limit is ignored)."""
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         """Add `cost` to the window's counter unless that would pass `limit` (then allowed=False, nothing added)."""
@@ -106,7 +108,7 @@ class LocalLimiter:
         self._prune(now)
         return Batch(tuple(Window(True, c.limit, used + c.cost, end - now) for c, end, used in states))
 
-    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+    async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
         self.finish_now(slot_key, usage)
 
     def finish_now(self, slot_key: str | None, usage: Sequence[Check]) -> None:

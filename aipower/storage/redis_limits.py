@@ -10,9 +10,10 @@ again at most once a second, so an outage costs no per-request timeouts.
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,8 +43,11 @@ local a = {}
 for v in string.gmatch(ARGV[1], '[^ ]+') do a[#a + 1] = tonumber(v) end
 """
 # KEYS: one counter per check, then the slot (if a[3] = 1). Numbers: now (seconds, float), number of checks,
-# has slot, slot limit, slot ttl, then limit, window seconds, cost per check. All or nothing: every window and the
-# slot are checked before anything is counted. Returns {admitted, slot free, then allowed, used, ms to reset per check}.
+# has slot, slot limit, slot ttl, then limit, window seconds, cost per check; ARGV[2]: this call's slot token. All or
+# nothing: every window and the slot are checked before anything is counted. Returns {admitted, slot free, then
+# allowed, used, ms to reset per check}.
+# A slot is a sorted set of the calls holding it, each scored with its own deadline (now + slot ttl): a call whose
+# release is lost (a reply lost to a timeout, a process gone) frees its place at its deadline, however busy the key.
 _ADMIT = (
     _NUMBERS
     + """
@@ -51,7 +55,10 @@ local now = a[1]
 local n = a[2]
 local has_slot = a[3] == 1
 local slot_free = 1
-if has_slot and tonumber(redis.call('GET', KEYS[n + 1]) or '0') >= a[4] then slot_free = 0 end
+if has_slot then
+  redis.call('ZREMRANGEBYSCORE', KEYS[n + 1], '-inf', now)
+  if redis.call('ZCARD', KEYS[n + 1]) >= a[4] then slot_free = 0 end
+end
 local out = {1, slot_free}
 local admitted = slot_free
 for i = 1, n do
@@ -71,20 +78,20 @@ for i = 1, n do
   out[3 * i + 1] = used
 end
 if has_slot then
-  redis.call('INCR', KEYS[n + 1])
+  redis.call('ZADD', KEYS[n + 1], now + a[5], ARGV[2])
   redis.call('EXPIRE', KEYS[n + 1], a[5])
 end
 return out
 """
 )
-# KEYS: the slot (if a[1] = 1), then one counter per usage. Numbers: has slot, now, then window, cost per usage.
+# KEYS: the slot (if a[1] = 1), then one counter per usage. Numbers: has slot, now, then window, cost per usage;
+# ARGV[2]: the call's slot token. Releasing a token twice, or one never admitted, changes nothing.
 _FINISH = (
     _NUMBERS
     + """
 local first = 1
 if a[1] == 1 then
-  local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if taken > 0 then redis.call('DECR', KEYS[1]) end
+  redis.call('ZREM', KEYS[1], ARGV[2])
   first = 2
 end
 local now = a[2]
@@ -110,42 +117,48 @@ class RedisLimiter:
         self._hit = self._pipeline.script(_HIT)
         self._admit = self._pipeline.script(_ADMIT)
         self._finish = self._pipeline.script(_FINISH)
+        self._token_prefix = secrets.token_hex(6)  # slot tokens: unique across processes, a counter within one
+        self._tokens = itertools.count()
 
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         now = self._clock()
         keys = [self._counter(c.key, c.window_seconds, now) for c in checks]
         args: list[float | int] = [now, len(checks), 0, 0, _SLOT_TTL]
+        token = ""
         if slot is not None:
             keys.append(self._slot(slot.key))
             args[2:4] = [1, slot.limit]
+            token = f"{self._token_prefix}{next(self._tokens):x}"
         for c in checks:
             args += [c.limit, c.window_seconds, c.cost]
-        release = None if slot is None else partial(self._release_orphan, keys[-1])
-        out = [int(v) for v in await self._pipeline.call(self._admit, keys, _numbers(args), orphan=release)]
+        try:
+            reply = await self._pipeline.call(self._admit, keys, [*_numbers(args), token])
+        except BaseException:
+            # Cancelled, or no answer (a timeout): the script may have run and taken the slot. Give it back; a token
+            # never admitted is released as a no-op. (A release that arrives first frees the place at its deadline.)
+            if slot is not None:
+                self._pipeline.send(self._finish, [keys[-1]], [*_numbers([1, now]), token])
+            raise
+        out = [int(v) for v in reply]
         windows = (
             Window(bool(out[3 * i + 2]), c.limit, out[3 * i + 3], out[3 * i + 4] / 1000) for i, c in enumerate(checks)
         )
-        return Batch(tuple(windows), bool(out[1]))
+        return Batch(tuple(windows), bool(out[1]), token if out[0] == 1 else "")
 
-    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
+    async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
         now = self._clock()
         keys = [] if slot_key is None else [self._slot(slot_key)]
         keys += [self._counter(u.key, u.window_seconds, now) for u in usage]
         args: list[float | int] = [0 if slot_key is None else 1, now]
         for u in usage:
             args += [u.window_seconds, u.cost]
-        await self._pipeline.call(self._finish, keys, _numbers(args))
+        await self._pipeline.call(self._finish, keys, [*_numbers(args), slot_token])
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         now = self._clock()
         counter = self._counter(key, window_seconds, now)
         allowed, used, reset_ms = await self._pipeline.call(self._hit, [counter], [limit, window_seconds, cost, now])
         return Window(bool(allowed), limit, int(used), int(reset_ms) / 1000)
-
-    def _release_orphan(self, slot: str, reply: Any) -> None:
-        """An admission whose caller went away while Redis ran it: give back the slot it took (if it took one)."""
-        if int(reply[0]) == 1:
-            self._pipeline.send(self._finish, [slot], _numbers([1, self._clock()]))
 
     async def close(self) -> None:
         await self._pipeline.close()
@@ -157,7 +170,9 @@ class RedisLimiter:
         return f"{self._prefix}rl:{key}:{window_seconds}:{int(now // window_seconds)}"
 
     def _slot(self, key: str) -> str:
-        return f"{self._prefix}slot:{key}"
+        # "slots:", not the "slot:" counters of earlier versions (a string there would fail the sorted-set commands;
+        # left alone, those expire within their 15 minutes)
+        return f"{self._prefix}slots:{key}"
 
 
 class FallbackLimiter:
@@ -177,8 +192,8 @@ class FallbackLimiter:
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         return await self._outage.run(lambda lim: lim.admit(checks, slot))
 
-    async def finish(self, slot_key: str | None, usage: Sequence[Check]) -> None:
-        await self._outage.run(lambda lim: lim.finish(slot_key, usage))
+    async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
+        await self._outage.run(lambda lim: lim.finish(slot_key, usage, slot_token))
 
 
 def _numbers(values: Sequence[float | int]) -> list[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 import pytest
+import redis.exceptions
 
 from aipower.errors import UpstreamUnavailable
 from aipower.gateway.limits import Check, Slot
@@ -26,7 +28,14 @@ async def test_two_clients_admit_exactly_the_limit(prefix: str) -> None:
         assert all(0 < w.reset_seconds <= 60 for w in windows)
         slots = await asyncio.gather(*(limiters[i % 2].admit([], Slot("conc:key_x", 5)) for i in range(20)))
         assert sum(b.admitted for b in slots) == 5
-        await limiters[0].finish("conc:key_x", [])
+        held = [b.slot_token for b in slots if b.admitted]
+        assert len(set(held)) == 5 and all(held)
+        await limiters[0].finish("conc:key_x", [], held[0])
+        await limiters[1].finish("conc:key_x", [], held[0])  # released twice: still one place back, not two
+        await limiters[0].finish("conc:key_x", [], "never-admitted")  # a token that holds nothing frees nothing
+        assert (await limiters[1].admit([], Slot("conc:key_x", 5))).admitted
+        assert not (await limiters[0].admit([], Slot("conc:key_x", 5))).admitted
+        await limiters[0].finish("conc:key_x", [], held[1])
         assert (await limiters[1].admit([], Slot("conc:key_x", 5))).admitted
         await limiters[0].add("tpm:k:key_x", 60, 500)
         assert (await limiters[1].hit("tpm:k:key_x", 1000, 60, cost=0)).used == 500
@@ -53,11 +62,13 @@ async def test_batch_admits_all_or_nothing_from_two_clients(prefix: str) -> None
         # no partial increments: every counter holds exactly what the admitted calls added
         used = [(await limiters[1].hit(c.key, 10**9, 60, cost=0)).used for c in checks]
         assert used == [10, 10, 300]
-        assert (await limiters[0].admit([], Slot("conc:key_y", 12))).windows == ()
+        extra = await limiters[0].admit([], Slot("conc:key_y", 12))
+        assert extra.admitted and extra.windows == ()
         full = await limiters[0].admit([Check("rpm:k:key_y", 20, 60)], Slot("conc:key_y", 11))
         assert not full.admitted and not full.slot_free  # 10 + 1 slots held: the rpm window does not count
         assert (await limiters[1].hit("rpm:k:key_y", 10**9, 60, cost=0)).used == 10
-        await limiters[1].finish("conc:key_y", [Check("tpm:k:key_y", 0, 60, 45), Check("tpm:u:7", 0, 60, 5)])
+        usage = [Check("tpm:k:key_y", 0, 60, 45), Check("tpm:u:7", 0, 60, 5)]
+        await limiters[1].finish("conc:key_y", usage, extra.slot_token)
         assert (await limiters[0].hit("tpm:k:key_y", 10**9, 60, cost=0)).used == 345
         assert (await limiters[0].hit("tpm:u:7", 10**9, 60, cost=0)).used == 5
         assert (await limiters[0].admit([], Slot("conc:key_y", 12))).admitted  # the slot was given back
@@ -75,8 +86,9 @@ async def test_outage_policy_and_recovery(tmp_path: Path, policy: str) -> None:
     limiter = redis_limits.FallbackLimiter(redis_limits.RedisLimiter(client, "t:"), policy, clock=lambda: clock[0])
     try:
         assert (await limiter.hit("rpm:k:a", 2, 60)).allowed
-        assert (await limiter.admit([Check("rpm:k:b", 1, 60)], Slot("conc:b", 1))).admitted
-        await limiter.finish("conc:b", [Check("tpm:k:b", 0, 60, 10)])
+        admitted = await limiter.admit([Check("rpm:k:b", 1, 60)], Slot("conc:b", 1))
+        assert admitted.admitted
+        await limiter.finish("conc:b", [Check("tpm:k:b", 0, 60, 10)], admitted.slot_token)
         server.stop()
         if policy == "open":
             local = [await limiter.hit("rpm:k:a", 2, 60) for _ in range(3)]  # this process's own counters
@@ -96,3 +108,80 @@ async def test_outage_policy_and_recovery(tmp_path: Path, policy: str) -> None:
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_a_slot_whose_release_is_lost_frees_itself_at_its_deadline_however_busy_the_key(prefix: str) -> None:
+    """A call whose finish never comes (its process died, say) holds its place only until its own deadline: the
+    other calls on the key, coming and going meanwhile, do not keep it alive."""
+    url = require_redis()
+    client = redis_limits.connect(url)
+    now = [time.time()]
+    limiter = redis_limits.RedisLimiter(client, prefix, clock=lambda: now[0])
+    try:
+        assert (await limiter.admit([], Slot("conc:busy", 2))).admitted  # never finished
+        for _ in range(5):  # steady traffic through the other place
+            now[0] += 200
+            batch = await limiter.admit([], Slot("conc:busy", 2))
+            assert batch.admitted
+            assert not (await limiter.admit([], Slot("conc:busy", 1))).slot_free  # the lost one still counts...
+            await limiter.finish("conc:busy", [], batch.slot_token)
+        # ...until its deadline (15 minutes after it was admitted) has passed
+        assert (await limiter.admit([], Slot("conc:busy", 1))).admitted
+    finally:
+        await client.aclose()
+
+
+class SlowReplies:
+    """A TCP proxy to Redis that can hold Redis's replies back: Redis runs each command, the client times out."""
+
+    def __init__(self, target_port: int) -> None:
+        self.delay = 0.0
+        self._target = target_port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, replies: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await source.read(65536):
+                    if replies and self.delay:
+                        await asyncio.sleep(self.delay)
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+
+
+async def test_an_admission_whose_answer_is_lost_gives_its_slot_back(prefix: str) -> None:
+    """Redis takes the slot, but its answer comes after the client's timeout: the caller is refused (503 with
+    limits "closed"), so nobody will finish that call. The slot must come back, not block the key."""
+    url = require_redis()
+    proxy = SlowReplies(int(url.rsplit(":", 1)[1].split("/")[0]))
+    via = redis_limits.connect(await proxy.start())
+    limiter = redis_limits.RedisLimiter(via, prefix)
+    try:
+        await limiter.hit("warm", 100, 60)  # the scripts are loaded, the connection is open
+        proxy.delay = 0.7  # past the 0.5 s socket timeout
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await limiter.admit([], Slot("conc:lost", 1))
+        proxy.delay = 0.0
+        await asyncio.sleep(1.0)  # the late answer drains; the release queued at the timeout goes through
+        await limiter.close()
+        direct = redis_limits.connect(url)
+        try:
+            assert (await redis_limits.RedisLimiter(direct, prefix).admit([], Slot("conc:lost", 1))).admitted
+        finally:
+            await direct.aclose()
+    finally:
+        await via.aclose()
+        await proxy.close()

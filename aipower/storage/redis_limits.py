@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -181,7 +181,8 @@ class FallbackLimiter:
     def __init__(self, primary: RateLimiter, policy: str, clock: Callable[[], float] = time.monotonic) -> None:
         words = OutageWords("rate limits", "using this process's own counters", "limits are shared again")
         refuse = _limits_unavailable if policy == "closed" else None
-        self._outage: RedisOutage[RateLimiter] = RedisOutage(primary, LocalLimiter(), words, refuse, clock)
+        self._local = LocalLimiter()
+        self._outage: RedisOutage[RateLimiter] = RedisOutage(primary, self._local, words, refuse, clock)
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         return await self._outage.run(lambda lim: lim.hit(key, limit, window_seconds, cost))
@@ -193,7 +194,18 @@ class FallbackLimiter:
         return await self._outage.run(lambda lim: lim.admit(checks, slot))
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
-        await self._outage.run(lambda lim: lim.finish(slot_key, usage, slot_token))
+        """A slot goes back where it was taken, whichever is up now: on Redis (its token) or in this process (during
+        an outage, no token). One taken on Redis and finished during an outage frees itself at its deadline."""
+        if slot_key is not None and not slot_token:
+            self._local.finish_now(slot_key, [])
+            slot_key = None
+
+        def release(limiter: RateLimiter) -> Awaitable[None]:
+            on_redis = slot_key if limiter is not self._local else None
+            return limiter.finish(on_redis, usage, slot_token)
+
+        if slot_key is not None or usage:
+            await self._outage.run(release)
 
 
 def _numbers(values: Sequence[float | int]) -> list[str]:

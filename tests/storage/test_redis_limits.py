@@ -185,3 +185,32 @@ async def test_an_admission_whose_answer_is_lost_gives_its_slot_back(prefix: str
     finally:
         await via.aclose()
         await proxy.close()
+
+
+async def test_a_slot_goes_back_where_it_was_taken_across_an_outage(tmp_path: Path) -> None:
+    """Limits "open": during an outage slots are taken in this process. A call admitted on Redis that ends during
+    the outage must not free a place taken in-process (the cap would be passed), and one admitted in-process that
+    ends after Redis came back must free its in-process place (or the next outage would start with it taken)."""
+    server = PrivateRedis(free_port(), tmp_path)
+    server.start()
+    client = redis_limits.connect(server.url)
+    clock = [0.0]
+    limiter = redis_limits.FallbackLimiter(redis_limits.RedisLimiter(client, "t:"), "open", clock=lambda: clock[0])
+    slot = Slot("conc:k", 1)
+    try:
+        on_redis = await limiter.admit([], Slot("conc:k", 5))
+        assert on_redis.admitted and on_redis.slot_token
+        server.stop()
+        in_process = await limiter.admit([], slot)
+        assert in_process.admitted and not in_process.slot_token
+        await limiter.finish("conc:k", [], on_redis.slot_token)  # Redis is down: nothing to free in this process
+        assert not (await limiter.admit([], slot)).admitted  # the in-process place is still taken
+        server.start()
+        clock[0] += 2  # past the back-off: Redis again
+        await limiter.finish("conc:k", [], in_process.slot_token)
+        server.stop()
+        clock[0] += 2
+        assert (await limiter.admit([], slot)).admitted  # the next outage starts with its place free
+    finally:
+        await client.aclose()
+        server.stop()

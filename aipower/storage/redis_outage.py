@@ -1,8 +1,9 @@
 """Running an operation on a Redis-backed store while Redis answers, and on a local one while it does not.
 
 One place for the outage rule shared by the rate limiter and the breaker store: an error from Redis starts an
-outage (logged once), during which Redis is tried again at most once a second, so an outage costs no
-per-request timeouts; the first success ends it (logged). `refuse` (fail closed) raises instead of falling back.
+outage (logged once), during which Redis is tried again at most once a second, by one call at a time (the others
+meanwhile go on as during the outage), so an outage costs no per-request timeouts; the first success ends it
+(logged). `refuse` (fail closed) raises instead of falling back.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ class RedisOutage(Generic[S]):
         self._clock = clock
         self._down_until = 0.0
         self._down = False
+        self._probing = False  # during an outage, one call is trying Redis again
 
     async def run(self, operation: Callable[[S], Awaitable[T]]) -> T:
-        if self._clock() >= self._down_until:
+        if self._clock() >= self._down_until and not self._probing:
+            probe = self._down
+            self._probing = probe
             try:
                 result = await operation(self._primary)
             except (RedisError, OSError) as exc:
@@ -60,6 +64,9 @@ class RedisOutage(Generic[S]):
                     self._down = False
                     logger.warning("%s: Redis is back; %s", self._words.subject, self._words.back)
                 return result
+            finally:
+                if probe:
+                    self._probing = False
         if self._refuse is not None:
             raise self._refuse()
         return await operation(self._local)

@@ -13,6 +13,7 @@ import redis.exceptions
 from aipower.errors import UpstreamUnavailable
 from aipower.gateway.limits import Check, Slot
 from aipower.storage import redis_limits
+from aipower.storage.redis_outage import OutageWords, RedisOutage
 from tests.redis_service import PrivateRedis, require_redis
 from tests.servers import free_port
 
@@ -214,3 +215,32 @@ async def test_a_slot_goes_back_where_it_was_taken_across_an_outage(tmp_path: Pa
     finally:
         await client.aclose()
         server.stop()
+
+
+class Store:
+    """A stand-in for one side of RedisOutage: the local one answers at once; the Redis one times out."""
+
+    def __init__(self, answer: str, fails_after: float | None = None) -> None:
+        self.answer = answer
+        self.fails_after = fails_after
+        self.tries = 0
+
+    async def read(self) -> str:
+        self.tries += 1
+        if self.fails_after is not None:
+            await asyncio.sleep(self.fails_after)
+            raise redis.exceptions.TimeoutError("Redis did not answer")
+        return self.answer
+
+
+async def test_during_an_outage_one_call_at_a_time_tries_redis_again() -> None:
+    """Once a second Redis is tried again: by one call, while the others go on with this process's own store
+    instead of each waiting out a timeout."""
+    clock = [0.0]
+    redis_side, local_side = Store("redis", fails_after=0.2), Store("local")
+    outage = RedisOutage(redis_side, local_side, OutageWords("test", "locally", "shared"), clock=lambda: clock[0])
+    assert await outage.run(lambda store: store.read()) == "local"  # Redis timed out: the outage starts
+    clock[0] += 2  # past the back-off
+    answers = await asyncio.gather(*(outage.run(lambda store: store.read()) for _ in range(20)))
+    assert answers == ["local"] * 20
+    assert redis_side.tries == 2  # the first call, then one probe for the twenty

@@ -273,8 +273,10 @@ class Gateway:
             outcome = _failed(exc)
             raise
         finally:
-            await events.aclose()
-            await self._settle(call, replace(outcome, usage=meter.usage(call.request)))
+            try:
+                await events.aclose()
+            finally:  # settled even if closing the upstream fails
+                await self._settle(call, replace(outcome, usage=meter.usage(call.request)))
 
     def _priced(self, call: _Call, event: StreamEvent) -> StreamEvent:
         if isinstance(event, UsageReport):

@@ -356,6 +356,33 @@ async def test_closing_a_session_after_its_stream_ended_settles_nothing_more(cat
     assert settlement.entry.status == 200
 
 
+class CloseFails(FakeUpstream):
+    """An upstream whose stream fails while being closed (a bug in an adapter's cleanup, say)."""
+
+    async def stream(self, target: Target, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        try:
+            async for event in super().stream(target, request):
+                yield event
+        finally:
+            raise RuntimeError("cleanup failed")
+
+
+async def test_a_stream_whose_upstream_fails_to_close_is_still_settled(catalog: Catalog) -> None:
+    r = rig(catalog, {DEEPSEEK: Script(events=STREAM)})
+    upstream = CloseFails(r.upstream.scripts)
+    env = {"DEEPSEEK_API_KEY": "k3"}
+    admission = Admission(LocalLimiter(), LimitPolicy())
+    gateway = Gateway(
+        resolve(catalog, env, {"openai"}), upstream, r.log, r.ledger, catalog.billing, admission=admission
+    )
+    session = await gateway.open_stream(CALLER, request(DEEPSEEK, stream=True), "req-close-fails")
+    assert await anext(session.events) == TextDelta(0, "Hel")
+    with pytest.raises(RuntimeError, match="cleanup failed"):
+        await session.events.aclose()
+    [settlement] = r.ledger.settlements
+    assert (settlement.entry.status, settlement.entry.error_code) == (CLIENT_CLOSED, "client_closed")
+
+
 async def test_an_empty_stream_is_a_success_with_no_events(catalog: Catalog) -> None:
     r = rig(catalog, {DEEPSEEK: Script(events=())})
     session = await r.gateway.open_stream(CALLER, request(DEEPSEEK, stream=True), "req-16")

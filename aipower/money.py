@@ -11,7 +11,7 @@ UP to the next whole nano-USD, once per call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 Nanos = int
 
@@ -60,6 +60,8 @@ def format_usd(amount: Decimal) -> str:
 
 
 NANOS_PER_CREDIT = 10_000_000  # 1 credit = $0.01
+MAX_NANOS = 2**63 - 1  # what a 64-bit integer column holds: about USD 9.2 billion
+MAX_OPERATION_NANOS = 10**18  # USD 1 billion: the most one top-up, grant or cap may be
 
 
 class MoneyError(ValueError):
@@ -67,11 +69,16 @@ class MoneyError(ValueError):
 
 
 def usd_to_nanos(usd: Decimal) -> Nanos:
-    """Exact conversion; an amount finer than 1e-9 USD is refused rather than rounded."""
-    nanos = usd * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
-        raise MoneyError(f"{usd} USD is not a whole number of nano-USD")
-    return int(nanos)
+    """Exact conversion; an amount finer than 1e-9 USD is refused rather than rounded (at every precision: the
+    default 28 digits would round 5.0000000000000000000000000001 to 5 first)."""
+    if not usd.is_finite():
+        raise MoneyError(f"{usd} USD is not an amount")
+    with localcontext() as exact:
+        exact.prec = len(usd.as_tuple().digits) + 12  # room for the coefficient as it is: scaleb only moves it
+        nanos = usd.scaleb(9)
+        if nanos != nanos.to_integral_value():
+            raise MoneyError(f"{usd} USD is not a whole number of nano-USD")
+        return int(nanos)
 
 
 def nanos_to_usd(nanos: Nanos) -> Decimal:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aipower import money
 from aipower.money import NANOS_PER_USD, Price, cost, format_usd
 
 
@@ -112,3 +113,13 @@ def test_cost_is_monotonic_in_both_token_counts(p: Price) -> None:
 )
 def test_format_usd(amount: str, expected: str) -> None:
     assert format_usd(Decimal(amount)) == expected
+
+
+@pytest.mark.parametrize("usd", ["5.0000000000000000000000000001", "0.0000000001", "1234567890123456789012.0000000001"])
+def test_an_amount_finer_than_a_nano_is_refused_at_any_precision(usd: str) -> None:
+    with pytest.raises(money.MoneyError, match="whole number of nano-USD"):
+        money.usd_to_nanos(Decimal(usd))
+
+
+def test_a_long_amount_converts_exactly() -> None:
+    assert money.usd_to_nanos(Decimal("1234567890123456789012.123456789")) == 1234567890123456789012123456789

@@ -6,8 +6,8 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aipower import money
 from aipower.catalog import BillingRules
@@ -28,36 +28,53 @@ class Discrepancy:
 
 
 async def top_up(engine: AsyncEngine, user_id: int, usd: Decimal, rules: BillingRules, note: str | None) -> int:
-    """Credit a top-up and the bonuses it earns (one transaction); returns the total credited in nanos."""
+    """Credit a top-up and the bonuses it earns (one transaction); returns the total credited in nanos.
+
+    The write comes first: it takes the user's row (PostgreSQL) or the database's write lock (SQLite) before anything
+    is read, so two top-ups at once cannot both find themselves the user's first (and both earn its bonus)."""
     amount = _positive(usd)
     async with engine.begin() as conn:
-        before = (
-            await conn.execute(select(u.lifetime_topup_nanos).where(u.id == user_id).with_for_update())
-        ).scalar_one()
-        entries = [("top-up", amount, note)]
-        entries += [("bonus", nanos, why) for why, nanos in billing.bonuses(rules, usd, first=before == 0)]
-        for reason, nanos, text in entries:
-            await _append(conn, user_id, nanos, reason, None, text)
-        total = sum(nanos for _, nanos, _ in entries)
-        await conn.execute(
-            update(users)
-            .where(u.id == user_id)
-            .values(balance_nanos=u.balance_nanos + total, lifetime_topup_nanos=u.lifetime_topup_nanos + amount)
-        )
-    return total
+        lifetime = await _credit(conn, user_id, amount, u.lifetime_topup_nanos + amount)
+        earned = billing.bonuses(rules, usd, first=lifetime == amount)
+        bonus = sum(nanos for _, nanos in earned)
+        if bonus:
+            await _credit(conn, user_id, bonus, u.lifetime_topup_nanos)
+        await _append(conn, user_id, amount, "top-up", None, note)
+        for why, nanos in earned:
+            await _append(conn, user_id, nanos, "bonus", None, why)
+    return amount + bonus
 
 
 async def grant(engine: AsyncEngine, user_id: int, usd: Decimal, note: str | None) -> int:
     """An admin gift: credited, but no bonus and no tier unlock."""
     amount = _positive(usd)
     async with engine.begin() as conn:
+        await _credit(conn, user_id, amount, u.lifetime_topup_nanos)
         await _append(conn, user_id, amount, "grant", None, note)
-        await conn.execute(update(users).where(u.id == user_id).values(balance_nanos=u.balance_nanos + amount))
     return amount
+
+
+async def _credit(conn: AsyncConnection, user_id: int, nanos: int, lifetime: ColumnElement[int]) -> int:
+    """Add to the balance (and set lifetime top-ups to `lifetime`), refusing a balance past what a 64-bit integer
+    holds (SQLite would turn it into an inexact float; PostgreSQL would fail). Returns the new lifetime top-ups."""
+    result = await conn.execute(
+        update(users)
+        .where(u.id == user_id, u.balance_nanos <= money.MAX_NANOS - nanos)
+        .values(balance_nanos=u.balance_nanos + nanos, lifetime_topup_nanos=lifetime)
+        .returning(u.lifetime_topup_nanos)
+    )
+    updated = result.scalar_one_or_none()
+    if updated is None:
+        if (await conn.execute(select(u.id).where(u.id == user_id))).first() is None:
+            raise money.MoneyError(f"no user with id {user_id}")
+        raise money.MoneyError("that would take the balance past the largest amount the ledger holds")
+    return int(updated)
 
 
 async def set_cap(engine: AsyncEngine, user_id: int, usd: Decimal | None) -> None:
     cap = None if usd is None else money.usd_to_nanos(usd)
+    if cap is not None and not 0 <= cap <= money.MAX_OPERATION_NANOS:
+        raise money.MoneyError(f"a daily cap is from 0 to {money.usd_text(money.MAX_OPERATION_NANOS)} USD")
     async with engine.begin() as conn:
         await conn.execute(update(users).where(u.id == user_id).values(daily_cap_nanos=cap))
 
@@ -122,4 +139,6 @@ def _positive(usd: Decimal) -> int:
     amount = money.usd_to_nanos(usd)
     if amount <= 0:
         raise money.MoneyError("the amount must be positive")
+    if amount > money.MAX_OPERATION_NANOS:
+        raise money.MoneyError(f"at most {money.usd_text(money.MAX_OPERATION_NANOS)} USD at a time")
     return amount

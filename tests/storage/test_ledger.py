@@ -12,6 +12,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower import catalog as catalog_file
+from aipower import money
 from aipower.errors import InsufficientCredit, PermissionDenied
 from aipower.gateway.protocols import Hold, HoldRequest, LogEntry, Settlement
 from aipower.storage import accounts, db, keys, ledger, users
@@ -118,6 +119,33 @@ async def test_topup_bonuses_are_ledger_rows(engine: AsyncEngine) -> None:
     assert await accounts.top_up(engine, user_id, Decimal(5), RULES, None) == 5 * USD  # no second first-bonus
     balance = await accounts.balance(engine, user_id)
     assert balance.lifetime_topup_nanos == 105 * USD
+    assert await accounts.verify(engine) == []
+
+
+async def test_first_top_ups_made_at_once_earn_the_first_bonus_once(database_url: str, engine: AsyncEngine) -> None:
+    """Two operators (two processes) top the same new user up at the same moment: one of them is the first."""
+    user_id, _ = await new_account(engine)
+    others = [db.make_engine(database_url) for _ in range(4)]
+    try:
+        credited = await asyncio.gather(*(accounts.top_up(e, user_id, Decimal(5), RULES, None) for e in others))
+    finally:
+        for other in others:
+            await other.dispose()
+    assert sorted(credited) == [5 * USD] * 3 + [6 * USD]  # one first-bonus of 100 credits ($1)
+    assert (await accounts.balance(engine, user_id)).balance_nanos == 21 * USD
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_balance_never_passes_what_the_ledger_holds(engine: AsyncEngine) -> None:
+    """Past a 64-bit integer SQLite would store an inexact float and PostgreSQL would fail: refused, exact."""
+    user_id, _ = await new_account(engine)
+    with pytest.raises(money.MoneyError, match="at a time"):
+        await accounts.grant(engine, user_id, Decimal(10) ** 10, None)
+    for _ in range(9):
+        await accounts.grant(engine, user_id, Decimal(10) ** 9, None)
+    with pytest.raises(money.MoneyError, match="largest amount"):
+        await accounts.grant(engine, user_id, Decimal(10) ** 9, None)
+    assert (await accounts.balance(engine, user_id)).balance_nanos == 9 * 10**18
     assert await accounts.verify(engine) == []
 
 

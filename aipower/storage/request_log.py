@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -76,11 +76,19 @@ class BufferedRequestLog:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(LogEntry))
+# Text columns and their lengths: a caller's text (the model it asked for) is cut to fit and loses any NUL, which
+# PostgreSQL text cannot hold. One row the database refused would otherwise fail its whole batch, again and again.
+_TEXT = {c.name: c.type.length for c in request_log.c if isinstance(c.type, String) and c.type.length}
 
 
 def row_of(entry: LogEntry) -> dict[str, Any]:
     """The row for an entry (a shallow copy: asdict's deep copy cost ~17 µs a row on the event loop)."""
-    return {name: getattr(entry, name) for name in _FIELDS}
+    row = {name: getattr(entry, name) for name in _FIELDS}
+    for name, length in _TEXT.items():
+        value = row[name]
+        if value is not None and (len(value) > length or "\x00" in value):
+            row[name] = value.replace("\x00", "")[:length]
+    return row
 
 
 def entry_columns() -> list[Any]:

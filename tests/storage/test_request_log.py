@@ -131,3 +131,20 @@ async def test_a_full_batch_wakes_the_writer(engine: AsyncEngine, key: tuple[int
         assert len(await stored(engine, ids)) == 2
     finally:
         await log.close()
+
+
+async def test_a_callers_odd_model_name_is_logged_and_does_not_block_the_rows_after_it(
+    engine: AsyncEngine, key: tuple[int, str]
+) -> None:
+    """The model a caller asked for is its own text: a NUL (which PostgreSQL text cannot hold) or 300 characters
+    (the column holds 200) must neither be refused by the database nor keep the rows after it from being written."""
+    log = BufferedRequestLog(engine)
+    log.add(entry(key, "req-nul", T0, model="a\x00b", status=404, error_code="model_not_found"))
+    log.add(entry(key, "req-long", T0, model="m" * 300, status=404, error_code="model_not_found"))
+    await log.flush()
+    log.add(entry(key, "req-after", T0))
+    await log.flush()
+    rows = {e.request_id: e.model for e in await recent(engine)}
+    assert rows["req-nul"] == "ab"
+    assert rows["req-long"] == "m" * 200
+    assert rows["req-after"] == "deepseek/deepseek-chat"

@@ -100,8 +100,14 @@ def render_generation(entry: LogEntry) -> dict[str, Any]:
 
 def _window(start: str | None, end: str | None) -> tuple[dt.datetime, dt.datetime]:
     now = dt.datetime.now(dt.UTC)
-    until = _date(end, "to") + dt.timedelta(days=1) if end else now
-    since = _date(start, "from") if start else until - dt.timedelta(days=_DEFAULT_DAYS)
+    try:
+        until = _date(end, "to") + dt.timedelta(days=1) if end else now
+    except OverflowError:  # 9999-12-31: the day after has no date
+        raise InvalidRequest("'to' must be a date before 9999-12-31.", param="to", code="invalid_value") from None
+    try:
+        since = _date(start, "from") if start else until - dt.timedelta(days=_DEFAULT_DAYS)
+    except OverflowError:  # to=0001-01-01 and no 'from': 30 days before has no date
+        raise InvalidRequest("'to' is too early a date.", param="to", code="invalid_value") from None
     if since >= until:
         raise InvalidRequest("'from' must be before 'to'.", param="from", code="invalid_value")
     return since, until

@@ -228,7 +228,7 @@ async def list_input_items(request: Request) -> Response:
 
 
 def _limit(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 100:
+    if not (value.isascii() and value.isdigit() and len(value) <= 3) or not 1 <= int(value) <= 100:
         raise InvalidRequest(
             f"Invalid value for 'limit': {value!r}. Use 1 to 100.", param="limit", code="invalid_value"
         )

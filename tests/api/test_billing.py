@@ -238,3 +238,27 @@ def test_a_timed_out_call_costs_nothing(gateway: Gateway, upstream: FakeUpstream
     after = balance_of(gateway.database_url, email)
     assert (after.balance_nanos, after.held_nanos) == (before.balance_nanos, 0)
     assert [r for r in ledger_rows(gateway.database_url, email) if r[1] == "usage"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "param"),
+    [
+        ("/usage", {"to": "9999-12-31"}, "to"),
+        ("/usage", {"to": "0001-01-01"}, "to"),
+        ("/usage", {"from": "2026-02-30"}, "from"),
+        ("/responses/resp_x/input_items", {"limit": "²"}, "limit"),
+        ("/responses/resp_x/input_items", {"limit": "9" * 5000}, "limit"),
+    ],
+    ids=["to-last-day", "to-first-day", "no-such-day", "superscript-digit", "5000-digits"],
+)
+def test_odd_query_parameters_are_400_naming_the_parameter(
+    gateway: Gateway, path: str, params: dict[str, str], param: str
+) -> None:
+    _, key, _ = new_user(gateway, top_up_usd="5")
+    with httpx.Client(base_url=gateway.base_url, headers={"authorization": f"Bearer {key}"}) as http:
+        if path.startswith("/responses"):
+            made = http.post("/responses", json={"model": CHEAP, "input": "hi"})
+            path = path.replace("resp_x", made.json()["id"])
+        reply = http.get(path, params=params)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param

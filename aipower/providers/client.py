@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
+import orjson
+
 from aipower import sse
 from aipower.catalog import Catalog, Target
-from aipower.errors import UpstreamError
+from aipower.errors import InvalidRequest, UpstreamError
 from aipower.messages import ChatRequest, ChatResponse, StreamEvent
 from aipower.providers import WIRE_FORMATS
-from aipower.providers.base import Adapter
+from aipower.providers.base import Adapter, UpstreamRequest
 from aipower.providers.transport import Transport
 
 
@@ -22,7 +24,7 @@ class ProviderClient:
 
     async def complete(self, target: Target, request: ChatRequest) -> ChatResponse:
         adapter = self._adapters[target.provider.id]
-        raw = await self._transport.send(adapter.build_request(request, target), target.provider.name)
+        raw = await self._transport.send(_build(adapter, request, target), target.provider.name)
         if raw.status >= 400:
             raise _redacted(adapter.parse_error(raw.status, raw.body, raw.headers), target)
         return adapter.parse_response(raw.body)
@@ -30,7 +32,7 @@ class ProviderClient:
     async def stream(self, target: Target, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         adapter = self._adapters[target.provider.id]
         source = target.provider.name
-        handle = await self._transport.open(adapter.build_request(request, target), source)
+        handle = await self._transport.open(_build(adapter, request, target), source)
         try:
             if handle.status >= 400:
                 raise _redacted(adapter.parse_error(handle.status, await handle.read(), handle.headers), target)
@@ -40,6 +42,17 @@ class ProviderClient:
             raise _redacted(error, target) from None
         finally:
             handle.close()
+
+
+def _build(adapter: Adapter, request: ChatRequest, target: Target) -> UpstreamRequest:
+    """The upstream request; a value no JSON encoder for a provider takes (an integer past 64 bits, which the
+    request's parser accepts anywhere, tool schemas and extra fields included) is the caller's 400."""
+    try:
+        return adapter.build_request(request, target)
+    except orjson.JSONEncodeError:
+        raise InvalidRequest(
+            "The request has a number providers cannot take: integers must fit in 64 bits.", code="invalid_value"
+        ) from None
 
 
 def _redacted(error: UpstreamError, target: Target) -> UpstreamError:

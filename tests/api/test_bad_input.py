@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -97,3 +98,28 @@ def test_chunked_body_over_the_limit_is_413(http: httpx.Client, upstream: FakeUp
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert upstream.requests == []
+
+
+HUGE = 123456789012345678901234567890  # past 64 bits: JSON allows it, no provider's encoder does
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"seed": HUGE},
+        {"max_tokens": HUGE},
+        {"some_provider_option": HUGE},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "maximum": HUGE}}}]},
+    ],
+    ids=["seed", "max_tokens", "extra-field", "tool-schema"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_integer_past_64_bits_is_a_400_and_the_connection_goes_on(
+    http: httpx.Client, upstream: FakeUpstream, changes: dict[str, Any], stream: bool
+) -> None:
+    request = {"model": "openai/gpt-4o-mini", "messages": HELLO, "stream": stream, **changes}  # it takes a seed
+    reply = http.post("/chat/completions", content=json.dumps(request))  # orjson cannot write HUGE either
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["code"] == "invalid_value"
+    assert upstream.requests == []
+    assert http.get("/models").status_code == 200  # the same keep-alive connection still serves

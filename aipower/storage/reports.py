@@ -44,6 +44,8 @@ class SqlAccountReader:
         return [UsageRow(str(g), int(c), int(i), int(o), int(cost)) for g, c, i, o, cost in rows]
 
     async def generation(self, user_id: int, request_id: str) -> LogEntry | None:
+        if "\x00" in request_id:  # no id holds one, and PostgreSQL refuses it in a query: simply not found
+            return None
         query = select(*entry_columns()).where(r.request_id == request_id, r.user_id == user_id).limit(1)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()

@@ -24,11 +24,15 @@ class SqlResponseStore:
             await conn.execute(insert(responses).values(**_row(response)))
 
     async def find(self, user_id: int, response_id: str) -> StoredResponse | None:
+        if "\x00" in response_id:  # no id holds one, and PostgreSQL refuses it in a query: simply not found
+            return None
         async with self._engine.connect() as conn:
             return await _find(conn, user_id, response_id)
 
     async def chain(self, user_id: int, response_id: str) -> list[StoredResponse]:
         found: list[StoredResponse] = []
+        if "\x00" in response_id:
+            return found
         next_id: str | None = response_id
         async with self._engine.connect() as conn:
             while next_id is not None and len(found) < MAX_CHAIN:
@@ -41,6 +45,8 @@ class SqlResponseStore:
         return found
 
     async def delete(self, user_id: int, response_id: str) -> bool:
+        if "\x00" in response_id:
+            return False
         async with self._engine.begin() as conn:
             result = await conn.execute(delete(responses).where(t.id == response_id, t.user_id == user_id))
         return bool(result.rowcount)

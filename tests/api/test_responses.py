@@ -404,3 +404,18 @@ def test_signatures_stay_with_the_model_that_made_them(client: openai.OpenAI, up
     assert sent.path.startswith("/google/")
     assert body["content"][0]["signature"] not in sent.body.decode()  # Gemini would reject Anthropic's signature
     assert {"text": "Two"} in sent.json["contents"][1]["parts"]
+
+
+def test_an_id_with_a_nul_is_simply_not_found(gateway: Gateway) -> None:
+    """No id holds a NUL, and PostgreSQL refuses one in a query: a 404 like any unknown id, not a 500."""
+    with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {gateway.api_key}"}) as http:
+        answers = [
+            http.get("/responses/a%00b"),
+            http.get("/responses/a%00b/input_items"),
+            http.delete("/responses/a%00b"),
+            http.get("/generation/a%00b"),
+            http.post(
+                "/responses", json={"model": "deepseek/deepseek-chat", "input": "hi", "previous_response_id": "a\x00b"}
+            ),
+        ]
+    assert [a.status_code for a in answers] == [404] * 5, [a.text for a in answers]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def routes() -> list[Route]:
-    return [
+    plain = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         *response_routes(),
@@ -32,6 +33,28 @@ def routes() -> list[Route]:
         Route("/v1/usage", get_usage, methods=["GET"]),
         Route("/v1/generation/{generation_id}", get_generation, methods=["GET"]),
     ]
+    return [Route(r.path, _answering(r.endpoint), methods=list(r.methods or ()), name=r.name) for r in plain]
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _answering(endpoint: Endpoint) -> Endpoint:
+    """The endpoint, answering its own errors. Starlette's last resort for an unexpected one (app.py's
+    `Exception: server_error`) answers and then re-raises, and uvicorn then drops the caller's keep-alive connection:
+    an SDK's next call on it failed with a connection error. An error after a stream began still propagates."""
+
+    async def answered(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except GatewayError as error:
+            return render_error(error)
+        except HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback by server_error
+            return await server_error(request, exc)
+
+    return answered
 
 
 async def health(request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import openai
 import pytest
 
 from aipower.app import create_app
+from aipower.cli.http_protocol import HeadWithBodyProtocol
 from tests.api.conftest import dedicated_client
 from tests.conftest import Gateway, make_settings, provider_env
 from tests.fakes.upstream import FakeUpstream, JsonReply, RawReply, SlowReply, SseReply, stream_chunks
@@ -203,3 +205,36 @@ def test_provider_keys_never_reach_the_caller(http: httpx.Client, upstream: Fake
     assert KEY not in response.text
     assert "sk-fake" not in response.text
     assert upstream.last.headers["authorization"] == f"Bearer {KEY}"  # the upstream really had the key
+
+
+def test_an_unexpected_error_is_a_500_envelope_and_the_connection_goes_on(gateway: Gateway, upstream_url: str) -> None:
+    """A bug (here: the key store blowing up) answers the OpenAI envelope, and the caller's keep-alive connection
+    stays open for its next call; dropping it made an SDK's next call fail with a connection error."""
+    app = create_app(make_settings(gateway.database_url, upstream_url))
+
+    async def broken(_request: object) -> object:
+        raise RuntimeError("a bug")
+
+    app.state.api.auth.caller = broken
+    with serve(app, loop="uvloop", http=HeadWithBodyProtocol) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            answers = []
+            for path in ("/v1/models", "/health"):
+                sock.sendall(f"GET {path} HTTP/1.1\r\nhost: test\r\n\r\n".encode())
+                received = b""
+                while b"\r\n\r\n" not in received or not _whole(received):
+                    chunk = sock.recv(65536)
+                    assert chunk, f"the connection was closed after {answers}"
+                    received += chunk
+                answers.append(received)
+    assert answers[0].startswith(b"HTTP/1.1 500 ") and b'"type":"server_error"' in answers[0]
+    assert answers[1].startswith(b"HTTP/1.1 200 ")
+
+
+def _whole(response: bytes) -> bool:
+    head, _, body = response.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    return len(body) >= length

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from aipower import money
 from aipower.catalog import Catalog, ModelSpec, RouteSpec, Target
-from aipower.errors import GatewayError, ModelNotFound, UpstreamError, UpstreamUnavailable
+from aipower.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, UpstreamUnavailable
 from aipower.gateway import classifier, tokens
 from aipower.gateway.health import MemoryHealthStore
 from aipower.gateway.protocols import Caller, CallOutcome, DeploymentHealth, HealthStore
@@ -129,6 +129,17 @@ def _fallbacks(
     return [m for m in models if _eligible(m, needs, deployments, context)]
 
 
+def _refuse_impossible_length(route: RouteSpec, needs: Needs, catalog: Catalog) -> None:
+    """A max_tokens beyond what any model of the route can write is the caller's 400, not a 503 to retry."""
+    largest = max((catalog.models[c].max_output for c in route.candidates if c in catalog.models), default=0)
+    if needs.max_tokens is not None and needs.max_tokens > largest:
+        raise InvalidRequest(
+            f"max_tokens is {needs.max_tokens}, more than any model behind '{route.id}' can write (at most {largest}).",
+            param="max_tokens",
+            code="invalid_value",
+        )
+
+
 def _route_plan(route: RouteSpec, request: ChatRequest, deployments: Deployments, context: RoutingContext) -> Plan:
     needs = Needs.of(request)
     catalog = deployments.catalog
@@ -140,6 +151,7 @@ def _route_plan(route: RouteSpec, request: ChatRequest, deployments: Deployments
     chosen += [m for m in _fallbacks(request, (), deployments, context) if m not in chosen]
     targets = _targets(chosen, deployments, context)
     if not targets:
+        _refuse_impossible_length(route, needs, catalog)
         raise UpstreamUnavailable(
             f"No model behind '{route.id}' can serve this request now: none of {', '.join(route.candidates)} is "
             "configured, allowed for this key, healthy, and fits the request (context window, vision, tools, "

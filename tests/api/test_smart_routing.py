@@ -142,3 +142,17 @@ def test_the_demo_key_is_routed_to_a_demo_model(gateway: Gateway, upstream: Fake
     assert raw.headers["x-aipower-route"] == f"auto-best: best general rank -> {chosen}"
     assert [r.path for r in upstream.requests] == ["/deepseek/chat/completions"]
     assert raw.headers["x-aipower-cost"] == "0.00"
+
+
+@pytest.mark.parametrize("model", ["auto", "auto-cheap"])
+def test_a_max_tokens_no_model_of_the_route_can_write_is_a_400(
+    gateway: Gateway, upstream: FakeUpstream, model: str
+) -> None:
+    """Not a 503 `no_route_available` that an SDK would retry: no retry can ever serve it."""
+    sdk, email = user_client(gateway)
+    before = balance_of(gateway.database_url, email)
+    with sdk, pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=10**9)
+    assert (refused.value.code, refused.value.param) == ("invalid_value", "max_tokens")
+    assert upstream.requests == []
+    assert balance_of(gateway.database_url, email) == before

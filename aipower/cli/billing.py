@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aipower import catalog as catalog_file
 from aipower.cli.storage import run
 from aipower.gateway.protocols import Balance
-from aipower.money import MoneyError, credits_text, usd_text
+from aipower.money import MoneyError, credits_text, format_usd, usd_text
 from aipower.settings import from_environ
 from aipower.storage import accounts
 from aipower.storage import ledger as ledger_store
@@ -107,7 +107,7 @@ def set_cap(email: str, usd: Decimal | None) -> None:
         await accounts.set_cap(engine, user.id, usd)
 
     _run_money(operation)
-    click.echo(f"daily cap for {email}: {'none' if usd is None else f'${usd}'}")
+    click.echo(f"daily cap for {email}: {'none' if usd is None else f'${format_usd(usd)}'}")  # not $1E+2
 
 
 @click.group()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from aipower.errors import UpstreamUnavailable
 from aipower.gateway import keys as key_format
 from aipower.gateway.protocols import Caller, Limits
 from aipower.storage.tables import api_keys, users
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +106,16 @@ class SqlKeyStore:
         ).join_from(api_keys, users, users.c.id == k.user_id)
 
     async def find(self, digest: str) -> Caller | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(self._query.where(api_keys.c.digest == digest))).first()
+        """The key's caller, None if unknown; 503 `auth_unavailable` (which SDKs retry) if the database cannot say."""
+        try:
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(self._query.where(api_keys.c.digest == digest))).first()
+        except (SQLAlchemyError, OSError):
+            logger.warning("keys: the key lookup failed", exc_info=True)  # no values: engines hide parameters
+            raise UpstreamUnavailable(
+                "The gateway cannot check API keys right now (its database did not answer); try again shortly.",
+                code="auth_unavailable",
+            ) from None
         if row is None:
             return None
         return Caller(

@@ -55,6 +55,7 @@ def test_daily_cap_set_and_clear(invoke: Invoke, email: str) -> None:
     assert "cap $2.50" in invoke(["balance", email]).stdout
     assert invoke(["cap", "set", email]).exit_code == 0
     assert "cap none" in invoke(["balance", email]).stdout
+    assert "daily cap for " + email + ": $100.00" in invoke(["cap", "set", email, "1E+2"]).stdout  # not $1E+2
 
 
 def test_ledger_verify_passes_then_flags_a_tampered_balance(invoke: Invoke, email: str, database_url: str) -> None:

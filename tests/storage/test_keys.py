@@ -6,14 +6,17 @@ import datetime as dt
 import secrets
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from aipower.errors import UpstreamUnavailable
 from aipower.gateway import keys as key_format
 from aipower.gateway.protocols import Caller
+from aipower.storage import db
 from aipower.storage import keys as key_store
 from aipower.storage import users as user_store
 from aipower.storage.tables import api_keys
+from tests.databases import POSTGRES
 
 
 @pytest.fixture
@@ -100,3 +103,15 @@ async def test_revoking_twice_keeps_the_first_time(engine: AsyncEngine, user_id:
 async def test_revoking_an_unknown_key_raises(engine: AsyncEngine) -> None:
     with pytest.raises(key_store.KeyNotFound, match="key_doesnotexist"):
         await key_store.revoke(engine, "key_doesnotexist")
+
+
+async def test_a_key_lookup_the_database_cannot_answer_is_a_retryable_503() -> None:
+    """Not a 500 (and not a 401, which would tell a caller with a good key that it is wrong)."""
+    missing = make_url(POSTGRES).set(database="aipower_no_such_database_" + secrets.token_hex(4))
+    engine = db.make_engine(missing.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await key_store.SqlKeyStore(engine).find(key_format.digest("sk-aipower-some-key"))
+    finally:
+        await engine.dispose()
+    assert (caught.value.status, caught.value.code) == (503, "auth_unavailable")

@@ -15,15 +15,15 @@ redis-py close the connection, so no reply still owed can reach a later exchange
 
 Scripts are sent as `EVALSHA`; a Redis that lost its script cache (restarted, or `SCRIPT FLUSH`) answers NOSCRIPT,
 and the script is loaded and the command sent again. A connection error fails every call of its exchange.
-A caller that goes away before its exchange is sent is dropped; after, its reply goes to `orphan` (if given), so
-the caller's owner can undo what the command did. (A lone call, sent while nothing else is in flight, goes
-straight out on its own; if its caller goes away meanwhile, the reply is lost, as with any plain command.)
+A caller that goes away before its exchange is sent is dropped; after, its reply is dropped too. (A lone call, sent
+while nothing else is in flight, goes straight out on its own.) A caller that must undo what its command did, should
+the caller go away or its answer be lost, sends the undoing command itself (RedisLimiter.admit does).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,6 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | int | float
-Orphan = Callable[[Any], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +54,6 @@ class _Command:
 class _Call:
     command: _Command
     answer: asyncio.Future[Any]
-    orphan: Orphan | None
 
 
 class ScriptPipeline:
@@ -74,11 +72,11 @@ class ScriptPipeline:
     def script(self, text: str) -> Script:
         return Script(text, self._redis.register_script(text).sha)
 
-    async def call(self, script: Script, keys: Sequence[str], args: Sequence[Arg], orphan: Orphan | None = None) -> Any:
+    async def call(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """The script's reply, once the exchange that carried it has been answered. With nothing else in flight
         the call goes out at once from the caller's task (no writer task, no future)."""
         if self._queue or self._alone or (self._writer is not None and not self._writer.done()):
-            return await self.send(script, keys, args, orphan)
+            return await self.send(script, keys, args)
         self._alone = True
         try:
             (reply,) = await self._send([_Command(script, keys, args)])
@@ -88,13 +86,11 @@ class ScriptPipeline:
             raise reply
         return reply
 
-    def send(
-        self, script: Script, keys: Sequence[str], args: Sequence[Arg], orphan: Orphan | None = None
-    ) -> asyncio.Future[Any]:
+    def send(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[Any]:
         """Queue the call; its reply arrives on the future (which may be left unawaited: its error is then dropped)."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         answer.add_done_callback(_consume)
-        self._queue.append(_Call(_Command(script, keys, args), answer, orphan))
+        self._queue.append(_Call(_Command(script, keys, args), answer))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="redis-pipeline")
         return answer
@@ -167,8 +163,6 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 def _answer(call: _Call, reply: Any) -> None:
     if call.answer.cancelled():
-        if call.orphan is not None and not isinstance(reply, BaseException):
-            call.orphan(reply)
         return
     if isinstance(reply, BaseException):
         call.answer.set_exception(reply)

@@ -40,16 +40,15 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _answering(endpoint: Endpoint) -> Endpoint:
-    """The endpoint, answering its own errors. Starlette's last resort for an unexpected one (app.py's
+    """The endpoint, answering an unexpected error itself. Starlette's last resort for one (app.py's
     `Exception: server_error`) answers and then re-raises, and uvicorn then drops the caller's keep-alive connection:
-    an SDK's next call on it failed with a connection error. An error after a stream began still propagates."""
+    an SDK's next call on it failed with a connection error. GatewayError and HTTPException go on to their handlers
+    (which do not re-raise); an error after a stream began still propagates."""
 
     async def answered(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except GatewayError as error:
-            return render_error(error)
-        except HTTPException:
+        except (GatewayError, HTTPException):
             raise
         except Exception as exc:  # noqa: BLE001 - logged with its traceback by server_error
             return await server_error(request, exc)

@@ -73,10 +73,11 @@ class Authenticator:
                     )
             caller = replace(found, is_demo=digest == self._guard.demo_digest)
             self._remember(digest, caller, now)
-        unusable = _unusable(caller)
-        if unusable is not None:
+        try:
+            _check_usable(caller)
+        except AuthenticationFailed:
             await self._guard.failed(client_ip)
-            raise unusable
+            raise
         return caller
 
     async def _find(self, digest: str) -> Caller | None:
@@ -195,20 +196,16 @@ def own_account(caller: Caller, what: str) -> Caller:
     return caller
 
 
-def _unusable(caller: Caller) -> AuthenticationFailed | None:
-    """Why a known key may not be used now: revoked, or expired (checked on every request: the cache never extends
+def _check_usable(caller: Caller) -> None:
+    """A known key that may not be used now: revoked, or expired (checked on every request: the cache never extends
     a key's life)."""
     if caller.revoked:
-        return AuthenticationFailed(
+        raise AuthenticationFailed(
             "This API key has been revoked. Use another key, or ask the operator for a new one.",
             code="revoked_api_key",
         )
     if caller.expires_at is not None:
-        try:
-            billing.check_expiry(caller, dt.datetime.now(dt.UTC))
-        except AuthenticationFailed as expired:
-            return expired
-    return None
+        billing.check_expiry(caller, dt.datetime.now(dt.UTC))
 
 
 def _bearer(header: str | None) -> str:

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aipower import money
@@ -34,11 +34,11 @@ async def top_up(engine: AsyncEngine, user_id: int, usd: Decimal, rules: Billing
     is read, so two top-ups at once cannot both find themselves the user's first (and both earn its bonus)."""
     amount = _positive(usd)
     async with engine.begin() as conn:
-        lifetime = await _credit(conn, user_id, amount, u.lifetime_topup_nanos + amount)
+        lifetime = await _credit(conn, user_id, amount, topup=True)
         earned = billing.bonuses(rules, usd, first=lifetime == amount)
         bonus = sum(nanos for _, nanos in earned)
         if bonus:
-            await _credit(conn, user_id, bonus, u.lifetime_topup_nanos)
+            await _credit(conn, user_id, bonus)
         await _append(conn, user_id, amount, "top-up", None, note)
         for why, nanos in earned:
             await _append(conn, user_id, nanos, "bonus", None, why)
@@ -49,14 +49,15 @@ async def grant(engine: AsyncEngine, user_id: int, usd: Decimal, note: str | Non
     """An admin gift: credited, but no bonus and no tier unlock."""
     amount = _positive(usd)
     async with engine.begin() as conn:
-        await _credit(conn, user_id, amount, u.lifetime_topup_nanos)
+        await _credit(conn, user_id, amount)
         await _append(conn, user_id, amount, "grant", None, note)
     return amount
 
 
-async def _credit(conn: AsyncConnection, user_id: int, nanos: int, lifetime: ColumnElement[int]) -> int:
-    """Add to the balance (and set lifetime top-ups to `lifetime`), refusing a balance past what a 64-bit integer
-    holds (SQLite would turn it into an inexact float; PostgreSQL would fail). Returns the new lifetime top-ups."""
+async def _credit(conn: AsyncConnection, user_id: int, nanos: int, *, topup: bool = False) -> int:
+    """Add to the balance (and, for a top-up, to lifetime top-ups), refusing a balance past what a 64-bit integer
+    holds (SQLite would turn it into an inexact float; PostgreSQL would fail). Returns the lifetime top-ups."""
+    lifetime = u.lifetime_topup_nanos + nanos if topup else u.lifetime_topup_nanos
     result = await conn.execute(
         update(users)
         .where(u.id == user_id, u.balance_nanos <= money.MAX_NANOS - nanos)

@@ -22,6 +22,7 @@ from aipower.errors import GatewayError
 from aipower.gateway.admission import Admission, LimitPolicy
 from aipower.gateway.deployments import resolve
 from aipower.gateway.health import BreakerRules, MemoryHealthStore
+from aipower.gateway.limit_leases import LeasedLimiter
 from aipower.gateway.limits import LocalLimiter, RateLimiter
 from aipower.gateway.protocols import HealthStore
 from aipower.gateway.routing import Deployments, Router
@@ -54,6 +55,7 @@ class Services:
     demo_key: str
     ledger: SqlLedger
     ledger_engine: AsyncEngine  # the ledger writer's own small pool (db.make_engine(..., ledger=True))
+    limiter: RateLimiter
 
 
 def build_deployments(settings: Settings) -> Deployments:
@@ -69,10 +71,18 @@ def create_app(settings: Settings) -> Starlette:
     request_log = BufferedRequestLog(engine)
     redis = _connect_redis(settings.redis_url) if settings.redis_url else None
     ledger_engine = db.make_engine(settings.database_url, ledger=True)
-    services = Services(
-        engine, transport, request_log, deployments, redis, settings.demo_key, SqlLedger(ledger_engine), ledger_engine
-    )
     limiter = _limiter(settings, redis)
+    services = Services(
+        engine,
+        transport,
+        request_log,
+        deployments,
+        redis,
+        settings.demo_key,
+        SqlLedger(ledger_engine),
+        ledger_engine,
+        limiter,
+    )
     upstream = ProviderClient(deployments.catalog, transport)
     router = _router(settings, deployments, redis)
     gateway = Gateway(
@@ -125,9 +135,9 @@ def _limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
         return LocalLimiter()
     from aipower.storage import redis_limits  # lazy: see TYPE_CHECKING above
 
-    return redis_limits.FallbackLimiter(
-        redis_limits.RedisLimiter(redis, settings.redis_prefix), settings.redis_failure_policy
-    )
+    source = redis_limits.RedisLimiter(redis, settings.redis_prefix)
+    shared: RateLimiter = LeasedLimiter(source) if settings.redis_limit_leases else source
+    return redis_limits.FallbackLimiter(shared, settings.redis_failure_policy)
 
 
 def _router(settings: Settings, deployments: Deployments, redis: Redis | None) -> Router:
@@ -169,6 +179,7 @@ def _lifespan(services: Services) -> Callable[[Starlette], contextlib.AbstractAs
             await services.transport.close()
             await services.engine.dispose()
             await services.ledger_engine.dispose()
+            await services.limiter.close()
             if services.redis is not None:
                 await services.redis.aclose()
 

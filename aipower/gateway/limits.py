@@ -76,6 +76,9 @@ class RateLimiter(Protocol):
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         """Add `cost` unconditionally (usage learned after the call)."""
 
+    async def close(self) -> None:
+        """Give back what this process holds of shared limits; nothing is admitted here afterwards."""
+
 
 _PRUNE_ABOVE = 100_000
 
@@ -130,6 +133,9 @@ class LocalLimiter:
 
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         self._add(key, window_seconds, cost)
+
+    async def close(self) -> None:
+        """Nothing to give back: the counters live and end with this process."""
 
     def _add(self, key: str, window_seconds: int, cost: int) -> None:
         end, used = self._current(key, self._clock(), window_seconds)

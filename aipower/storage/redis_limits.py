@@ -11,6 +11,7 @@ again at most once a second, so an outage costs no per-request timeouts.
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,92 +21,14 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 
 from aipower.errors import GatewayError, UpstreamUnavailable
+from aipower.gateway.limit_leases import Lease
 from aipower.gateway.limits import Batch, Check, LocalLimiter, RateLimiter, Slot, Window
+from aipower.storage import redis_limits_lua as lua
 from aipower.storage.redis_outage import OutageWords, RedisOutage
 from aipower.storage.redis_pipeline import ScriptPipeline
 
-# KEYS[1] counter; ARGV: limit, window seconds, cost, now (seconds, float). Returns {allowed, used, ms to reset}.
-_HIT = """
-local window = tonumber(ARGV[2])
-local now = tonumber(ARGV[4])
-local reset_ms = math.floor(((math.floor(now / window) + 1) * window - now) * 1000)
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local cost = tonumber(ARGV[3])
-if used + cost > tonumber(ARGV[1]) then return {0, used, reset_ms} end
-used = redis.call('INCRBY', KEYS[1], cost)
-if used == cost then redis.call('PEXPIRE', KEYS[1], reset_ms + 1000) end
-return {1, used, reset_ms}
-"""
-# Numbers travel as one space-separated argument (ARGV[1]), split here: redis-py encodes every argument of a command
-# in Python, and an admission has about twenty.
-_NUMBERS = """
-local a = {}
-for v in string.gmatch(ARGV[1], '[^ ]+') do a[#a + 1] = tonumber(v) end
-"""
-# KEYS: one counter per check, then the slot (if a[3] = 1). Numbers: now (seconds, float), number of checks,
-# has slot, slot limit, slot ttl, then limit, window seconds, cost per check; ARGV[2]: this call's slot token. All or
-# nothing: every window and the slot are checked before anything is counted. Returns {admitted, slot free, then
-# allowed, used, ms to reset per check}.
-# A slot is a sorted set of the calls holding it, each scored with its own deadline (now + slot ttl): a call whose
-# release is lost (a reply lost to a timeout, a process gone) frees its place at its deadline, however busy the key.
-_ADMIT = (
-    _NUMBERS
-    + """
-local now = a[1]
-local n = a[2]
-local has_slot = a[3] == 1
-local slot_free = 1
-if has_slot then
-  redis.call('ZREMRANGEBYSCORE', KEYS[n + 1], '-inf', now)
-  if redis.call('ZCARD', KEYS[n + 1]) >= a[4] then slot_free = 0 end
-end
-local out = {1, slot_free}
-local admitted = slot_free
-for i = 1, n do
-  local limit, window, cost = a[3 + 3 * i], a[4 + 3 * i], a[5 + 3 * i]
-  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local allowed = 1
-  if used + cost > limit then allowed = 0; admitted = 0 end
-  out[3 * i], out[3 * i + 1] = allowed, used
-  out[3 * i + 2] = math.floor(((math.floor(now / window) + 1) * window - now) * 1000)
-end
-out[1] = admitted
-if admitted == 0 then return out end
-for i = 1, n do
-  local cost = a[5 + 3 * i]
-  local used = redis.call('INCRBY', KEYS[i], cost)
-  if used == cost then redis.call('PEXPIRE', KEYS[i], out[3 * i + 2] + 1000) end
-  out[3 * i + 1] = used
-end
-if has_slot then
-  redis.call('ZADD', KEYS[n + 1], now + a[5], ARGV[2])
-  redis.call('EXPIRE', KEYS[n + 1], a[5])
-end
-return out
-"""
-)
-# KEYS: the slot (if a[1] = 1), then one counter per usage. Numbers: has slot, now, then window, cost per usage;
-# ARGV[2]: the call's slot token. Releasing a token twice, or one never admitted, changes nothing.
-_FINISH = (
-    _NUMBERS
-    + """
-local first = 1
-if a[1] == 1 then
-  redis.call('ZREM', KEYS[1], ARGV[2])
-  first = 2
-end
-local now = a[2]
-for i = first, #KEYS do
-  local j = 2 * (i - first) + 3
-  local window, cost = a[j], a[j + 1]
-  local used = redis.call('INCRBY', KEYS[i], cost)
-  if used == cost then
-    redis.call('PEXPIRE', KEYS[i], math.floor(((math.floor(now / window) + 1) * window - now) * 1000) + 1000)
-  end
-end
-return 1
-"""
-)
+logger = logging.getLogger(__name__)
+
 _SLOT_TTL = 900  # a crashed process's slots free themselves after the longest call
 
 
@@ -114,36 +37,63 @@ class RedisLimiter:
         self._prefix = prefix
         self._clock = clock
         self._pipeline = ScriptPipeline(redis)  # calls made together share one round trip
-        self._hit = self._pipeline.script(_HIT)
-        self._admit = self._pipeline.script(_ADMIT)
-        self._finish = self._pipeline.script(_FINISH)
+        self._hit = self._pipeline.script(lua.HIT)
+        self._admit = self._pipeline.script(lua.ADMIT)
+        self._finish = self._pipeline.script(lua.FINISH)
+        self._give_back = self._pipeline.script(lua.GIVE_BACK)
         self._token_prefix = secrets.token_hex(6)  # slot tokens: unique across processes, a counter within one
         self._tokens = itertools.count()
 
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
-        now = self._clock()
+        return (await self.lease(checks, slot, [0] * len(checks), 0, 1, self._clock())).batch
+
+    async def lease(
+        self,
+        checks: Sequence[Check],
+        slot: Slot | None,
+        extras: Sequence[int],
+        spare_slots: int,
+        share: int,
+        now: float,
+    ) -> Lease:
+        """admit(), taking up to extras[i] more on check i and up to `spare_slots` more slot holds (see lua.ADMIT)."""
         keys = [self._counter(c.key, c.window_seconds, now) for c in checks]
-        args: list[float | int] = [now, len(checks), 0, 0, _SLOT_TTL]
+        args: list[float | int] = [now, len(checks), 0, 0, _SLOT_TTL, share, spare_slots]
         token = ""
         if slot is not None:
             keys.append(self._slot(slot.key))
             args[2:4] = [1, slot.limit]
             token = f"{self._token_prefix}{next(self._tokens):x}"
-        for c in checks:
-            args += [c.limit, c.window_seconds, c.cost]
+        for c, extra in zip(checks, extras, strict=True):
+            args += [c.limit, c.window_seconds, c.cost, extra]
         try:
             reply = await self._pipeline.call(self._admit, keys, [*_numbers(args), token])
         except BaseException:
             # Cancelled, or no answer (a timeout): the script may have run and taken the slot. Give it back; a token
             # never admitted is released as a no-op. (A release that arrives first frees the place at its deadline.)
             if slot is not None:
-                self._pipeline.send(self._finish, [keys[-1]], [*_numbers([1, now]), token])
+                tokens = [token, *(f"{token}.{j}" for j in range(1, spare_slots + 1))]
+                self._pipeline.send(self._give_back, [keys[-1]], [*_numbers([1]), *tokens])
             raise
         out = [int(v) for v in reply]
         windows = (
-            Window(bool(out[3 * i + 2]), c.limit, out[3 * i + 3], out[3 * i + 4] / 1000) for i, c in enumerate(checks)
+            Window(bool(out[4 * i + 3]), c.limit, out[4 * i + 4], out[4 * i + 5] / 1000) for i, c in enumerate(checks)
         )
-        return Batch(tuple(windows), bool(out[1]), token if out[0] == 1 else "")
+        admitted = out[0] == 1
+        batch = Batch(tuple(windows), bool(out[1]), token if admitted else "")
+        counted = tuple(out[4 * i + 6] for i in range(len(checks)))
+        return Lease(batch, counted, tuple(f"{token}.{j}" for j in range(1, out[2] + 1)))
+
+    async def give_back(
+        self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]]
+    ) -> None:
+        """Release slot holds (tokens); take each check.cost off the window that holds time `at` (add it if < 0)."""
+        keys = [] if slot_key is None else [self._slot(slot_key)]
+        keys += [self._counter(c.key, c.window_seconds, at) for c, at in unused]
+        numbers: list[float | int] = [0 if slot_key is None else 1]
+        for c, _ in unused:
+            numbers += [c.window_seconds, c.cost]
+        await self._pipeline.call(self._give_back, keys, [*_numbers(numbers), *tokens])
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
         now = self._clock()
@@ -181,6 +131,7 @@ class FallbackLimiter:
     def __init__(self, primary: RateLimiter, policy: str, clock: Callable[[], float] = time.monotonic) -> None:
         words = OutageWords("rate limits", "using this process's own counters", "limits are shared again")
         refuse = _limits_unavailable if policy == "closed" else None
+        self._primary = primary
         self._local = LocalLimiter()
         self._outage: RedisOutage[RateLimiter] = RedisOutage(primary, self._local, words, refuse, clock)
 
@@ -192,6 +143,13 @@ class FallbackLimiter:
 
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         return await self._outage.run(lambda lim: lim.admit(checks, slot))
+
+    async def close(self) -> None:
+        """Give back what the shared limiter holds (a lease), if Redis answers."""
+        try:
+            await self._primary.close()
+        except Exception as exc:  # noqa: BLE001 - shutting down: the leases end with their windows
+            logger.warning("limits: could not give leases back on shutdown (%s)", type(exc).__name__)
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
         """A slot goes back where it was taken, whichever is up now: on Redis (its token) or in this process (during

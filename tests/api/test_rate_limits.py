@@ -160,12 +160,17 @@ def test_redis_outage_keeps_the_policy_and_recovers(
             client.chat.completions.create(model=CHEAP, messages=HELLO)
             assert _counters(server) > 0  # the limits live in Redis
             server.stop()
-            during = [_status(client) for _ in range(3)]
+            during = [_status(client) for _ in range(10)]
             server.start()
             after = _wait_for_redis_counters(client, server)
     finally:
         server.stop()
-    assert during == ([200] * 3 if policy == "open" else [503] * 3)  # every request answered, per the policy
+    # Every request answered, per the policy. Closed: the calls this process's leases still cover (counted in Redis
+    # before it went down) go on, then 503 (a lease is at most 1/8 of what the minute had left: 6 calls of 50 here).
+    if policy == "open":
+        assert during == [200] * 10
+    else:
+        assert during == sorted(during) and during.count(503) >= 4, during
     assert after == 200
 
 

@@ -1,0 +1,159 @@
+"""Leased limits on real Redis: replicas together never pass a limit, most calls skip Redis, leases come back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from redis.asyncio import Redis
+
+from aipower.gateway import limit_leases
+from aipower.gateway.limit_leases import LeasedLimiter
+from aipower.gateway.limits import Check, Slot
+from aipower.storage import redis_limits
+from tests.redis_service import require_redis
+
+START = time.time() // 60 * 60 + 1  # one minute, whatever the time the test runs: its clocks start there
+_BASE = time.monotonic()
+
+
+def clock() -> float:
+    return START + time.monotonic() - _BASE
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Redis]]:
+    made = [redis_limits.connect(require_redis()) for _ in range(3)]
+    yield made
+    for client in made:
+        await client.aclose()
+
+
+class Counting(redis_limits.RedisLimiter):
+    """The Redis limiter, counting the round trips a replica makes."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        super().__init__(redis, prefix, clock=clock)
+        self.trips = 0
+
+    async def lease(self, *args: object, **kwargs: object) -> limit_leases.Lease:
+        self.trips += 1
+        return await super().lease(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
+        self.trips += 1
+        await super().finish(slot_key, usage, slot_token)
+
+
+def _replicas(clients: list[Redis], prefix: str) -> tuple[list[Counting], list[LeasedLimiter]]:
+    sources = [Counting(c, prefix) for c in clients[:2]]
+    return sources, [LeasedLimiter(s, clock=clock) for s in sources]
+
+
+async def _used(client: Redis, prefix: str, key: str) -> int:
+    return (await redis_limits.RedisLimiter(client, prefix, clock=clock).hit(key, 10**9, 60, cost=0)).used
+
+
+async def test_two_replicas_never_pass_a_limit_and_give_back_what_they_did_not_use(
+    clients: list[Redis], prefix: str
+) -> None:
+    _, replicas = _replicas(clients, prefix)
+    checks = [Check("rpm:k:key_l", 100, 60), Check("tpm:k:key_l", 10_000, 60, cost=30)]
+    batches = await asyncio.gather(*(replicas[i % 2].admit(checks, Slot("conc:key_l", 1000)) for i in range(300)))
+    admitted = [b for b in batches if b.admitted]
+    assert 90 <= len(admitted) <= 100  # never more than the limit; at most the other's leases fewer
+    assert len({b.slot_token for b in admitted}) == len(admitted)  # each call its own hold
+    assert await _used(clients[2], prefix, "rpm:k:key_l") >= len(admitted)  # counted in Redis, leases included
+    for i, b in enumerate(admitted):
+        await replicas[i % 2].finish("conc:key_l", [Check("tpm:k:key_l", 0, 60, 5)], b.slot_token)
+    for replica in replicas:
+        await replica.close()
+    # Given back: Redis holds exactly what the calls used, and no slot hold is left.
+    assert await _used(clients[2], prefix, "rpm:k:key_l") == len(admitted)
+    assert await _used(clients[2], prefix, "tpm:k:key_l") == 35 * len(admitted)
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_l") == 0
+
+
+async def test_calls_of_one_key_mostly_skip_redis_and_report_their_own_count(clients: list[Redis], prefix: str) -> None:
+    sources, replicas = _replicas(clients, prefix)
+    checks = [Check("rpm:k:key_m", 1000, 60)]
+    seen = []
+    for _ in range(100):
+        batch = await replicas[0].admit(checks, Slot("conc:key_m", 64))
+        assert batch.admitted
+        seen.append(batch.windows[0].used)
+        await replicas[0].finish("conc:key_m", [], batch.slot_token)
+    assert seen == list(range(1, 101))  # the headers count this process's calls one by one
+    assert sources[0].trips <= 100 // limit_leases.LEASE_CALLS + 2
+    # The other replica sees the leases as used, never fewer than the calls made.
+    assert await _used(clients[2], prefix, "rpm:k:key_m") >= 100
+    await replicas[0].close()
+    assert await _used(clients[2], prefix, "rpm:k:key_m") == 100
+
+
+async def test_near_the_limit_leases_shrink_to_nothing(clients: list[Redis], prefix: str) -> None:
+    sources, replicas = _replicas(clients, prefix)
+    checks = [Check("rpm:k:key_n", 7, 60)]
+    results = [await replicas[i % 2].admit(checks) for i in range(10)]
+    assert [b.admitted for b in results] == [True] * 7 + [False] * 3  # 6 left after the first: 6 // 8 = no lease
+    assert sum(s.trips for s in sources) == 10
+
+
+async def test_a_lowered_limit_applies_at_once(clients: list[Redis], prefix: str) -> None:
+    _, replicas = _replicas(clients, prefix)
+    assert (await replicas[0].admit([Check("rpm:k:key_o", 1000, 60)])).admitted  # leases 16 more calls
+    assert not (await replicas[0].admit([Check("rpm:k:key_o", 1, 60)])).admitted
+
+
+async def test_an_idle_lease_goes_back_within_seconds(clients: list[Redis], prefix: str) -> None:
+    _, replicas = _replicas(clients, prefix)
+    batch = await replicas[0].admit([Check("rpm:k:key_p", 1000, 60)], Slot("conc:key_p", 64))
+    await replicas[0].finish("conc:key_p", [], batch.slot_token)
+    assert await _used(clients[2], prefix, "rpm:k:key_p") == 1 + limit_leases.LEASE_CALLS
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_p") == 1 + limit_leases.LEASE_SLOTS
+    await asyncio.sleep(2.5 * limit_leases.IDLE_SECONDS)  # swept once a second: gone within two sweeps
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_p") == 0  # the other replica may take them now
+    assert await _used(clients[2], prefix, "rpm:k:key_p") == 1
+    await replicas[0].close()
+
+
+async def test_a_concurrency_limit_holds_across_replicas(clients: list[Redis], prefix: str) -> None:
+    _, replicas = _replicas(clients, prefix)
+    slot = Slot("conc:key_q", 10)
+    batches = await asyncio.gather(*(replicas[i % 2].admit([], slot) for i in range(40)))
+    held = [(i, b) for i, b in enumerate(batches) if b.admitted]
+    assert 8 <= len(held) <= 10
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_q") == 10 or len(held) == 10
+    for i, b in held:
+        await replicas[i % 2].finish(slot.key, [], b.slot_token)
+    for replica in replicas:
+        await replica.close()
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_q") == 0
+
+
+async def test_usage_past_the_lease_is_owed_and_reaches_redis_within_seconds(clients: list[Redis], prefix: str) -> None:
+    sources, replicas = _replicas(clients, prefix)
+    tokens = Check("tpm:k:key_r", 100_000, 60, cost=100)
+    batch = await replicas[0].admit([tokens])
+    assert await _used(clients[2], prefix, tokens.key) == 100 * (1 + limit_leases.LEASE_CALLS)
+    trips = sources[0].trips
+    await replicas[0].finish(None, [Check(tokens.key, 0, 60, 5000)], batch.slot_token)  # more than the lease holds
+    assert sources[0].trips == trips  # counted here, not a round trip
+    await asyncio.sleep(2.5 * limit_leases.IDLE_SECONDS)
+    assert await _used(clients[2], prefix, tokens.key) == 100 + 5000  # the lease back, the usage added
+    await replicas[0].close()
+
+
+async def test_a_burst_on_one_replica_gets_the_whole_limit(clients: list[Redis], prefix: str) -> None:
+    """Calls that find no lease wait for the one being taken: a cold burst neither takes a lease each (and
+    refuses itself with them) nor passes the limit."""
+    sources, replicas = _replicas(clients, prefix)
+    checks = [Check("rpm:k:key_s", 100, 60), Check("rpm:u:9", 1000, 60)]
+    batches = await asyncio.gather(*(replicas[0].admit(checks, Slot("conc:key_s", 1000)) for _ in range(100)))
+    assert all(b.admitted for b in batches)
+    assert sorted(b.windows[0].used for b in batches) == list(range(1, 101))
+    assert sources[0].trips < 50
+    assert not (await replicas[0].admit(checks, Slot("conc:key_s", 1000))).admitted
+    await replicas[0].close()

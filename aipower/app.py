@@ -174,12 +174,12 @@ def _lifespan(services: Services) -> Callable[[Starlette], contextlib.AbstractAs
         try:
             yield
         finally:
+            await services.limiter.close()  # first: leases and slot holds go back even if a later close fails
             await services.request_log.close()
             await services.ledger.close()
             await services.transport.close()
             await services.engine.dispose()
             await services.ledger_engine.dispose()
-            await services.limiter.close()
             if services.redis is not None:
                 await services.redis.aclose()
 

@@ -15,6 +15,14 @@ window's count, and slot holds, which another replica can then take). A process 
 the window ends (a slot hold: until its deadline, as a call's own). A limit lowered meanwhile applies at once: a
 call is admitted here only within the limit it carries. `AIPOWER_REDIS_LIMIT_LEASES=0` turns leases off (every
 call asks the store).
+
+Where a lease's units can stay counted longer than they are used (never more admitted, sometimes fewer): a lease
+whose answer is lost (a Redis timeout: the script may have run) until its window ends; a give-back that fails is
+sent again for slot holds and usage owed, not for unused counts (if it did arrive, a second would free what others
+use). A caller that goes away while its lease is on its way loses nothing: what the lease took becomes this
+process's, unused. A reused slot hold protects its call for 15 minutes from when it was taken (at least 14 from
+when the call began), not 15 from the call's start. If Redis loses its data (a restart without persistence), a
+later give-back subtracts from the new counts, by at most this process's leases.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Literal, Protocol
 
-from aipower.gateway.limits import Batch, Check, RateLimiter, Slot, Window
+from aipower.gateway.lease_returns import Returns
+from aipower.gateway.limits import Batch, Check, RateLimiter, Slot, Window, window_end
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +46,8 @@ LEASE_SLOTS = 4  # slot holds taken besides the call's own
 SHARE = 8  # a lease takes at most 1/SHARE of what the window (or the slot) has left
 IDLE_SECONDS = 1.0  # a lease unused this long goes back
 REUSE_SECONDS = 60.0  # a slot hold serves later calls for this long after it was taken (its deadline is 15 minutes)
+
+Outcome = Literal["granted", "refused", "failed"]  # of a lease being taken, for the calls waiting on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +104,6 @@ class _Hold:
     free_since: float
 
 
-def window_end(now: float, window_seconds: int) -> float:
-    return (now // window_seconds + 1) * window_seconds
-
-
 class LeasedLimiter:
     def __init__(self, source: LeaseSource, clock: Callable[[], float] = time.time) -> None:
         self._source = source
@@ -103,15 +111,18 @@ class LeasedLimiter:
         self._allowances: dict[tuple[str, int], _Allowance] = {}
         self._free: dict[str, deque[_Hold]] = {}  # slot key -> holds no call is using, longest free first
         self._taken: dict[str, float] = {}  # token -> when granted, for every hold kept here (used or free)
-        self._flights: dict[tuple[tuple[str, ...], str], asyncio.Future[bool]] = {}  # leases being taken, by key
+        self._flights: dict[tuple[tuple[str, ...], str], asyncio.Future[Outcome]] = {}  # leases being taken, by key
+        self._leasing = 0  # admissions between asking the source and keeping what it granted (close waits for them)
+        self._leased = asyncio.Event()
+        self._orphans: set[asyncio.Future[Lease]] = set()  # leases still running whose callers went away
+        self._returns = Returns(source.give_back)
         self._sweep: asyncio.TimerHandle | None = None
-        self._giving: set[asyncio.Future[None]] = set()
         self._closed = False
 
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         """From the leases when they cover the call; else from the source, taking a lease. Calls of the same key
-        that find no lease wait for one that is being taken (one round trip for a burst, not one each), unless it
-        was refused."""
+        that find no lease wait for the one being taken (one round trip for a burst, not one each); if that one is
+        refused they ask the source for exactly what they need, each on its own."""
         if self._closed:
             return await self._source.admit(checks, slot)
         flight = (tuple(c.key for c in checks), "" if slot is None else slot.key)
@@ -121,8 +132,10 @@ class LeasedLimiter:
             if all(a is not None for a in covered) and (slot is None or self._has_hold(slot.key, now)):
                 return self._admit_here(checks, covered, slot, now)
             taking = self._flights.get(flight)
-            if taking is None or not await asyncio.shield(taking):
+            if taking is None:
                 return await self._lease(checks, slot, flight)
+            if await asyncio.shield(taking) == "refused":
+                return await self._lease(checks, slot, None)
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
         now = self._clock()
@@ -134,6 +147,7 @@ class LeasedLimiter:
             else:
                 del self._taken[slot_token]
         rest = [u for u in usage if not self._take(u, now)]
+        self._schedule()
         if slot_key is not None or rest:
             await self._source.finish(slot_key, rest, slot_token)
 
@@ -143,31 +157,44 @@ class LeasedLimiter:
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         if not self._take(Check(key, 0, window_seconds, cost), self._clock()):
             await self._source.add(key, window_seconds, cost)
+        self._schedule()
 
     async def close(self) -> None:
-        """Give back every lease (holds still in use go back as their calls finish), then close the source."""
+        """Wait for the leases being taken, give every lease back (holds still in use go back as their calls
+        finish), then close the source."""
         self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
-        self._give_back(float("inf"), everything=True)
-        await asyncio.gather(*self._giving, return_exceptions=True)
+        while self._leasing:
+            self._leased.clear()
+            await self._leased.wait()
+        await asyncio.gather(*self._orphans, return_exceptions=True)
+        self._give_back(self._clock(), everything=True)
+        await self._returns.settle()
         await self._source.close()
 
     def _covered(self, checks: Sequence[Check], now: float) -> list[_Allowance | None]:
         """Per check, the lease that covers it (its window, its cost, within the limit it carries now), or None."""
         covered: list[_Allowance | None] = []
         for c in checks:
-            a = self._allowances.get((c.key, c.window_seconds))
-            fits = a is not None and a.end == window_end(now, c.window_seconds) and a.left >= c.cost
-            if fits and a is not None and a.used() + c.cost <= c.limit:  # (a limit lowered since: no)
-                covered.append(a)
-            else:
-                covered.append(None)
+            a = self._live(c, now)
+            covered.append(a if a is not None and a.left >= c.cost and a.used() + c.cost <= c.limit else None)
         return covered
 
+    def _live(self, check: Check, now: float) -> _Allowance | None:
+        """This process's lease of the check's current window, if it has one."""
+        a = self._allowances.get((check.key, check.window_seconds))
+        return a if a is not None and a.end == window_end(now, check.window_seconds) else None
+
     def _has_hold(self, slot_key: str, now: float) -> bool:
+        """A free hold young enough to reuse; older ones at the front go back to the source."""
         free = self._free.get(slot_key)
-        return bool(free) and free is not None and now - free[0].taken < REUSE_SECONDS
+        while free and now - free[0].taken >= REUSE_SECONDS:
+            stale = free.popleft()
+            self._taken.pop(stale.token, None)
+            self._returns.release(slot_key, stale.token, stale.taken)
+            self._schedule()
+        return bool(free)
 
     def _pop_hold(self, slot: Slot | None, now: float) -> _Hold | None:
         if slot is None or not self._has_hold(slot.key, now):
@@ -186,63 +213,98 @@ class LeasedLimiter:
             windows.append(Window(True, c.limit, a.used(), a.end - now))
         return Batch(tuple(windows), True, "" if hold is None else hold.token)
 
-    async def _lease(self, checks: Sequence[Check], slot: Slot | None, flight: tuple[tuple[str, ...], str]) -> Batch:
-        """Ask the source for what the leases do not cover, with a lease on top; what they cover is taken here (and
-        put back if the source refuses the call)."""
+    async def _lease(
+        self, checks: Sequence[Check], slot: Slot | None, flight: tuple[tuple[str, ...], str] | None
+    ) -> Batch:
+        """Ask the source for what the leases do not cover, with a lease on top (none when `flight` is None: a lease
+        of the key was just refused); what they cover, in whole or in part, is taken here (and put back if the
+        source refuses the call). The source's answer is kept even if the caller goes away meanwhile."""
         now = self._clock()
-        covered = self._covered(checks, now)
-        for c, a in zip(checks, covered, strict=True):
-            if a is not None:
-                a.left -= c.cost
+        taken = [self._take_part(c, now) for c in checks]
+        ask = [Check(c.key, c.limit, c.window_seconds, c.cost - t) for c, t in zip(checks, taken, strict=True)]
+        asked = [i for i, (c, t) in enumerate(zip(checks, taken, strict=True)) if t < c.cost]
         hold = self._pop_hold(slot, now)
-        ask = [c for c, a in zip(checks, covered, strict=True) if a is None]
         ask_slot = slot if hold is None else None
-        mine = flight not in self._flights  # else one taken after a refusal: this call does not wait for it
-        taking = self._flights.setdefault(flight, asyncio.get_running_loop().create_future())
-        admitted = False
+        extras = [0 if flight is None else c.cost * LEASE_CALLS for c in checks]
+        spare = LEASE_SLOTS if ask_slot is not None and flight is not None else 0
+        taking: asyncio.Future[Outcome] | None = None
+        if flight is not None and flight not in self._flights:
+            taking = self._flights[flight] = asyncio.get_running_loop().create_future()
+        outcome: Outcome = "failed"
+        self._leasing += 1
         try:
-            spare = LEASE_SLOTS if ask_slot is not None else 0
-            lease = await self._source.lease(ask, ask_slot, [c.cost * LEASE_CALLS for c in ask], spare, SHARE, now)
-            admitted = lease.batch.admitted and not self._closed
+            source = self._source.lease(
+                [ask[i] for i in asked], ask_slot, [extras[i] for i in asked], spare, SHARE, now
+            )
+            running = asyncio.ensure_future(source)
+            try:
+                lease = await asyncio.shield(running)
+            except asyncio.CancelledError:  # what it takes becomes this process's lease, unused
+                self._orphans.add(running)
+                running.add_done_callback(partial(self._keep_orphan, [ask[i] for i in asked], ask_slot, now))
+                raise
+            outcome = "granted" if lease.batch.admitted else "refused"
+            if outcome == "refused":
+                return self._refused(checks, taken, asked, lease, now)
+            return self._merge(checks, taken, asked, slot, lease, hold, now)
         finally:
-            if mine:
+            if outcome != "granted":
+                self._put_back(checks, taken, slot, hold, now)
+            if taking is not None and flight is not None:
                 del self._flights[flight]
-                taking.set_result(admitted)
-            if not admitted:
-                for c, a in zip(checks, covered, strict=True):
-                    if a is not None:
-                        a.left += c.cost
-                if hold is not None and slot is not None:
-                    self._free.setdefault(slot.key, deque()).appendleft(hold)
-        if not admitted and lease.batch.admitted:  # closed meanwhile: the call goes on, nothing is kept
-            return lease.batch
-        if not admitted:
-            return self._refused(checks, covered, lease, now)
-        return self._merge(checks, covered, slot, lease, hold, now)
+                taking.set_result(outcome)
+            self._leasing -= 1
+            self._leased.set()
+
+    def _take_part(self, check: Check, now: float) -> int:
+        """Take what this process's lease of the window has toward the call's cost (all of it when it covers it);
+        nothing if the call would pass the limit it carries now (the source decides)."""
+        a = self._live(check, now)
+        if a is None or a.used() + check.cost > check.limit:
+            return 0
+        part = min(a.left, check.cost)
+        a.left -= part
+        a.touched = now
+        return part
+
+    def _put_back(
+        self, checks: Sequence[Check], taken: Sequence[int], slot: Slot | None, hold: _Hold | None, now: float
+    ) -> None:
+        """Undo _take_part and _pop_hold for a call the source did not admit."""
+        for c, part in zip(checks, taken, strict=True):
+            a = self._live(c, now)
+            if part and a is not None:
+                a.left += part
+        if hold is not None and slot is not None:
+            self._free.setdefault(slot.key, deque()).appendleft(hold)
+            self._schedule()
 
     def _merge(
         self,
         checks: Sequence[Check],
-        covered: Sequence[_Allowance | None],
+        taken: Sequence[int],
+        asked: Sequence[int],
         slot: Slot | None,
         lease: Lease,
         hold: _Hold | None,
         now: float,
     ) -> Batch:
         """The admitted call's windows (its own use counted), keeping what the lease took beyond it."""
-        asked = iter(zip(lease.batch.windows, lease.counted, strict=True))
+        answers = dict(zip(asked, zip(lease.batch.windows, lease.counted, strict=True), strict=True))
         windows = []
-        for c, a in zip(checks, covered, strict=True):
-            if a is None:
-                window, counted = next(asked)
-                end = window_end(now, c.window_seconds)
-                a = self._allowances.get((c.key, c.window_seconds))
-                if a is None or a.end != end:
-                    a = self._allowances[(c.key, c.window_seconds)] = _Allowance(end, 0, 0, now)
-                a.left += counted - c.cost
+        for i, c in enumerate(checks):
+            a = self._live(c, now)
+            if i in answers:
+                window, counted = answers[i]
+                if a is None:
+                    a = self._allowances[(c.key, c.window_seconds)] = _Allowance(
+                        window_end(now, c.window_seconds), 0, 0, now
+                    )
+                a.left += counted - (c.cost - taken[i])
                 a.counted = window.used
                 paid = min(a.left, a.owed)
                 a.left, a.owed = a.left - paid, a.owed - paid
+            assert a is not None
             a.touched = now
             windows.append(Window(True, c.limit, a.used(), a.end - now))
         token = lease.batch.slot_token
@@ -250,28 +312,50 @@ class LeasedLimiter:
             token = hold.token
         elif slot is not None:
             self._taken[token] = now
-            for spare in lease.spare_slots:
-                self._taken[spare] = now
-                self._free.setdefault(slot.key, deque()).append(_Hold(spare, now, now))
+            self._add_holds(slot.key, lease.spare_slots, now)
         self._schedule()
         return Batch(tuple(windows), True, token)
 
+    def _add_holds(self, slot_key: str, tokens: Sequence[str], now: float) -> None:
+        free = self._free.setdefault(slot_key, deque())
+        for token in tokens:
+            self._taken[token] = now
+            free.append(_Hold(token, now, now))
+
+    def _keep_orphan(self, ask: Sequence[Check], slot: Slot | None, now: float, running: asyncio.Future[Lease]) -> None:
+        """A lease whose caller went away before it was answered: all it took is this process's, unused."""
+        self._orphans.discard(running)
+        if running.cancelled() or running.exception() is not None or not running.result().batch.admitted:
+            return
+        lease = running.result()
+        for c, counted in zip(ask, lease.counted, strict=True):
+            a = self._live(c, now)
+            if a is None:
+                a = self._allowances[(c.key, c.window_seconds)] = _Allowance(
+                    window_end(now, c.window_seconds), 0, 0, now
+                )
+            a.left += counted
+        if slot is not None:
+            self._add_holds(slot.key, [lease.batch.slot_token, *lease.spare_slots], now)
+        self._schedule()
+
     def _refused(
-        self, checks: Sequence[Check], covered: Sequence[_Allowance | None], lease: Lease, now: float
+        self, checks: Sequence[Check], taken: Sequence[int], asked: Sequence[int], lease: Lease, now: float
     ) -> Batch:
         """A refused call's windows: the source's for those it was asked about; the others passed (as they stand)."""
-        asked = iter(lease.batch.windows)
+        answers = dict(zip(asked, lease.batch.windows, strict=True))
         windows = []
-        for c, a in zip(checks, covered, strict=True):
-            here = None if a is None else Window(True, c.limit, a.used(), a.end - now)
-            windows.append(next(asked) if here is None else here)
+        for i, c in enumerate(checks):
+            a = self._live(c, now)
+            here = Window(True, c.limit, a.used() if a is not None else 0, window_end(now, c.window_seconds) - now)
+            windows.append(answers.get(i, here))
         return Batch(tuple(windows), lease.batch.slot_free)
 
     def _take(self, usage: Check, now: float) -> bool:
         """Count `usage` here if this process holds a lease of its window: from what is left of it, and past that as
         owed (paid from the next lease of the window, or added on the source within a second)."""
-        a = self._allowances.get((usage.key, usage.window_seconds))
-        if a is None or a.end != window_end(now, usage.window_seconds):
+        a = self._live(usage, now)
+        if a is None:
             return False
         paid = min(a.left, usage.cost)
         a.left -= paid
@@ -290,42 +374,27 @@ class LeasedLimiter:
 
     def _give_back(self, now: float, everything: bool = False) -> bool:
         """Send back what has sat unused for IDLE_SECONDS (everything: all of it) and add what is owed; forget ended
-        windows (what they owe no longer counts). True while leases are left to watch."""
-        unused: list[tuple[Check, float]] = []
+        windows (what they owe no longer counts). True while there is something left to watch."""
         for (key, seconds), a in list(self._allowances.items()):
             if a.end <= now and not everything:
                 del self._allowances[(key, seconds)]
                 continue
-            amount = -a.owed
-            a.owed = 0
+            owed, a.owed = a.owed, 0
+            self._returns.owe(Check(key, 0, seconds, owed), a.end - seconds / 2)
             if everything or now - a.touched >= IDLE_SECONDS:
                 del self._allowances[(key, seconds)]
-                amount += a.left
-            if amount:
-                unused.append((Check(key, 0, seconds, amount), a.end - seconds / 2))
+                self._returns.unused(Check(key, 0, seconds, a.left), a.end - seconds / 2)
         for slot_key, free in list(self._free.items()):
-            idle: list[_Hold] = []
             kept: deque[_Hold] = deque()
             for h in free:
-                gone = everything or now - h.free_since >= IDLE_SECONDS or now - h.taken >= REUSE_SECONDS
-                (idle if gone else kept).append(h)
-            self._free[slot_key] = kept
-            if not kept:
+                if everything or now - h.free_since >= IDLE_SECONDS or now - h.taken >= REUSE_SECONDS:
+                    self._taken.pop(h.token, None)
+                    self._returns.release(slot_key, h.token, h.taken)
+                else:
+                    kept.append(h)
+            if kept:
+                self._free[slot_key] = kept
+            else:
                 del self._free[slot_key]
-            for h in idle:
-                self._taken.pop(h.token, None)
-            if idle:
-                self._send(slot_key, [h.token for h in idle], [])
-        if unused:
-            self._send(None, [], unused)
-        return bool(self._allowances or self._free)
-
-    def _send(self, slot_key: str | None, tokens: list[str], unused: list[tuple[Check, float]]) -> None:
-        giving = asyncio.ensure_future(self._source.give_back(slot_key, tokens, unused))
-        self._giving.add(giving)
-        giving.add_done_callback(self._given)
-
-    def _given(self, giving: asyncio.Future[None]) -> None:
-        self._giving.discard(giving)
-        if not giving.cancelled() and giving.exception() is not None:  # they come back by themselves
-            logger.warning("limits: could not give unused leases back (%s)", type(giving.exception()).__name__)
+        pending = self._returns.send(now)
+        return bool(self._allowances or self._free or pending)

@@ -83,6 +83,11 @@ class RateLimiter(Protocol):
 _PRUNE_ABOVE = 100_000
 
 
+def window_end(now: float, window_seconds: int) -> float:
+    """When the fixed window holding `now` ends (windows are aligned to the clock)."""
+    return (now // window_seconds + 1) * window_seconds
+
+
 class LocalLimiter:
     """Counters in this process's memory: exact for one process, per process when there are several."""
 
@@ -156,6 +161,6 @@ class LocalLimiter:
             self._counters = {k: v for k, v in self._counters.items() if v[0] > now}
 
     def _current(self, key: str, now: float, window_seconds: int) -> tuple[float, int]:
-        end = (now // window_seconds + 1) * window_seconds
+        end = window_end(now, window_seconds)
         stored = self._counters.get(key)
         return end, stored[1] if stored is not None and stored[0] == end else 0

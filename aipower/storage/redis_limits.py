@@ -133,7 +133,7 @@ class FallbackLimiter:
         refuse = _limits_unavailable if policy == "closed" else None
         self._primary = primary
         self._local = LocalLimiter()
-        self._outage: RedisOutage[RateLimiter] = RedisOutage(primary, self._local, words, refuse, clock)
+        self._outage: RedisOutage[RateLimiter] = RedisOutage(primary, self._local, words, refuse, clock, _probe)
 
     async def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Window:
         return await self._outage.run(lambda lim: lim.hit(key, limit, window_seconds, cost))
@@ -164,6 +164,11 @@ class FallbackLimiter:
 
         if slot_key is not None or usage:
             await self._outage.run(release)
+
+
+def _probe(limiter: RateLimiter) -> Awaitable[Window]:
+    """A round trip to Redis that counts nothing (admissions may be answered from leases without one)."""
+    return limiter.hit("outage-probe", 1, 1, cost=0)
 
 
 def _numbers(values: Sequence[float | int]) -> list[str]:

@@ -41,7 +41,10 @@ class RedisOutage(Generic[S]):
         words: OutageWords,
         refuse: Callable[[], GatewayError] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        probe: Callable[[S], Awaitable[object]] | None = None,
     ) -> None:
+        """`probe`: a round trip to Redis that ends an outage, when an operation may succeed without one (a rate
+        limit admitted from a lease)."""
         self._primary = primary
         self._local = local
         self._words = words
@@ -50,12 +53,15 @@ class RedisOutage(Generic[S]):
         self._down_until = 0.0
         self._down = False
         self._probing = False  # during an outage, one call is trying Redis again
+        self._probe = probe
 
     async def run(self, operation: Callable[[S], Awaitable[T]]) -> T:
         if self._clock() >= self._down_until and not self._probing:
             probe = self._down
             self._probing = probe
             try:
+                if probe and self._probe is not None:
+                    await self._probe(self._primary)
                 result = await operation(self._primary)
             except (RedisError, OSError) as exc:
                 self._start(exc)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 
 from aipower.gateway import limit_leases
@@ -157,3 +158,97 @@ async def test_a_burst_on_one_replica_gets_the_whole_limit(clients: list[Redis],
     assert sources[0].trips < 50
     assert not (await replicas[0].admit(checks, Slot("conc:key_s", 1000))).admitted
     await replicas[0].close()
+
+
+class Gated(Counting):
+    """Leases wait for `gate`; give_back fails while `failing` (as with Redis unreachable)."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        super().__init__(redis, prefix)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.failing = 0
+
+    async def lease(self, *args: object, **kwargs: object) -> limit_leases.Lease:
+        await self.gate.wait()
+        return await super().lease(*args, **kwargs)
+
+    async def give_back(
+        self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]]
+    ) -> None:
+        if self.failing:
+            self.failing -= 1
+            raise redis_exceptions.ConnectionError("unreachable")
+        await super().give_back(slot_key, tokens, unused)
+
+
+async def test_a_hold_kept_after_the_sweep_stopped_still_goes_back(clients: list[Redis], prefix: str) -> None:
+    _, replicas = _replicas(clients, prefix)
+    batch = await replicas[0].admit([Check("rpm:k:key_t", 1000, 60)], Slot("conc:key_t", 64))
+    await asyncio.sleep(2.5 * limit_leases.IDLE_SECONDS)  # a long call: its lease and spare holds go back meanwhile
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_t") == 1  # its own hold only
+    await replicas[0].finish("conc:key_t", [], batch.slot_token)  # kept for the next call, on a quiet replica
+    await asyncio.sleep(2.5 * limit_leases.IDLE_SECONDS)
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_t") == 0
+    await replicas[0].close()
+
+
+async def test_close_while_a_lease_is_on_its_way_keeps_nothing(clients: list[Redis], prefix: str) -> None:
+    source = Gated(clients[0], prefix)
+    leased = LeasedLimiter(source, clock=clock)
+    checks = [Check("rpm:k:key_u", 1000, 60), Check("tpm:k:key_u", 100_000, 60, cost=50)]
+    source.gate.clear()
+    call = asyncio.ensure_future(leased.admit(checks, Slot("conc:key_u", 64)))
+    await asyncio.sleep(0.05)
+    closing = asyncio.ensure_future(leased.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # it waits for the lease
+    source.gate.set()
+    batch = await call
+    await closing
+    assert batch.admitted and len(batch.windows) == 2
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_u") == 1  # the call's own; the spares went back
+    assert await _used(clients[2], prefix, "tpm:k:key_u") == 50
+    await leased.finish("conc:key_u", [], batch.slot_token)
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_u") == 0
+
+
+async def test_when_the_lease_taker_goes_away_the_burst_still_gets_the_limit(clients: list[Redis], prefix: str) -> None:
+    source = Gated(clients[0], prefix)
+    leased = LeasedLimiter(source, clock=clock)
+    checks = [Check("rpm:k:key_v", 100, 60)]
+    source.gate.clear()
+    owner = asyncio.ensure_future(leased.admit(checks))
+    await asyncio.sleep(0.01)
+    burst = [asyncio.ensure_future(leased.admit(checks)) for _ in range(99)]
+    await asyncio.sleep(0.01)
+    owner.cancel()  # its caller went away while its lease was on its way
+    await asyncio.sleep(0.01)
+    source.gate.set()
+    batches = await asyncio.gather(*burst)
+    assert all(b.admitted for b in batches)  # the owner's lease became this process's, unused, and served them
+    await leased.close()
+    assert await _used(clients[2], prefix, "rpm:k:key_v") == 99
+
+
+async def test_a_failed_give_back_loses_no_usage_and_no_hold(clients: list[Redis], prefix: str) -> None:
+    source = Gated(clients[0], prefix)
+    leased = LeasedLimiter(source, clock=clock)
+    tokens = Check("tpm:k:key_w", 100_000, 60, cost=100)
+    batch = await leased.admit([tokens], Slot("conc:key_w", 64))
+    await leased.finish("conc:key_w", [Check(tokens.key, 0, 60, 5000)], batch.slot_token)
+    source.failing = 1  # the first sweep's give-back is lost
+    await asyncio.sleep(3.5 * limit_leases.IDLE_SECONDS)
+    assert await _used(clients[2], prefix, tokens.key) >= 100 + 5000  # owed usage sent again
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_w") == 0  # holds released again
+    await leased.close()
+
+
+async def test_one_replica_never_refuses_a_call_its_own_lease_makes_room_for(clients: list[Redis], prefix: str) -> None:
+    _, replicas = _replicas(clients, prefix)
+    assert (await replicas[0].admit([Check("tpm:k:key_x", 1000, 60, cost=10)])).admitted  # a lease of 123 more
+    batch = await replicas[0].admit([Check("tpm:k:key_x", 1000, 60, cost=900)])  # 10 + 900 <= 1000
+    assert batch.admitted and batch.windows[0].used == 910
+    assert not (await replicas[0].admit([Check("tpm:k:key_x", 1000, 60, cost=91)])).admitted
+    await replicas[0].close()
+    assert await _used(clients[2], prefix, "tpm:k:key_x") == 910

@@ -244,3 +244,26 @@ async def test_during_an_outage_one_call_at_a_time_tries_redis_again() -> None:
     answers = await asyncio.gather(*(outage.run(lambda store: store.read()) for _ in range(20)))
     assert answers == ["local"] * 20
     assert redis_side.tries == 2  # the first call, then one probe for the twenty
+
+
+async def test_an_outage_ends_on_a_round_trip_not_on_an_answer_from_a_lease() -> None:
+    """A rate limit may be admitted from a lease without asking Redis: such an answer must not end an outage (the
+    calls after it would go back to Redis and each wait out its timeout)."""
+    clock = [0.0]
+    redis_side, local_side = Store("redis", fails_after=0.01), Store("local")
+    probe_side = Store("probe", fails_after=0.01)
+    outage = RedisOutage(
+        redis_side,
+        local_side,
+        OutageWords("test", "locally", "shared"),
+        clock=lambda: clock[0],
+        probe=lambda _store: probe_side.read(),
+    )
+    assert await outage.run(lambda store: store.read()) == "local"  # the outage starts
+    redis_side.fails_after = None  # the primary answers now (from a lease), while Redis is still down
+    clock[0] += 2
+    assert await outage.run(lambda store: store.read()) == "local"  # the probe failed: still down
+    assert probe_side.tries == 1 and redis_side.tries == 1
+    probe_side.fails_after = None  # Redis is back
+    clock[0] += 2
+    assert await outage.run(lambda store: store.read()) == "redis"

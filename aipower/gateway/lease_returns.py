@@ -1,17 +1,20 @@
 """What a process gives back of its leases of shared limits, sent together once a sweep. Domain layer.
 
 See gateway.limit_leases. Unused leases, usage owed and slot holds to release queue here and go to the source in one
-call per slot key (the counts ride along with the first). A failed send is not lost where sending it twice is safe:
-holds (a release is idempotent) are sent again until their deadline, usage owed (counted twice at worst, never lost)
-until its window ends. Unused counts are not sent again: if the first send did arrive, a second would free what
-other calls use.
+call per slot key (the counts ride along with the first). A send that fails is sent again, as it was and under the
+same id, until what it carries expires (a hold at its deadline, a count with its window): the source applies a
+send's counts at most once per id, so a send whose answer was lost, though it did arrive, frees nothing twice and
+counts nothing twice; and releasing a hold twice is releasing it once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from aipower.gateway.limits import Check, window_end
@@ -19,65 +22,85 @@ from aipower.gateway.limits import Check, window_end
 logger = logging.getLogger(__name__)
 
 HOLD_SECONDS = 900.0  # a slot hold's deadline on the source: a release still failing past it is dropped
-GiveBack = Callable[[str | None, Sequence[str], Sequence[tuple[Check, float]]], Awaitable[None]]
+GiveBack = Callable[[str | None, Sequence[str], Sequence[tuple[Check, float]], str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    id: str
+    slot_key: str | None
+    holds: list[tuple[str, float]]  # (token, when taken)
+    counts: list[tuple[Check, float]]  # (amount to give back, or owed if < 0; a time inside its window)
+
+    def live(self, now: float) -> _Send | None:
+        """What is still worth sending at `now` (None: nothing)."""
+        holds = [(t, taken) for t, taken in self.holds if now - taken < HOLD_SECONDS]
+        counts = [(c, at) for c, at in self.counts if window_end(at, c.window_seconds) > now]
+        return _Send(self.id, self.slot_key, holds, counts) if holds or counts else None
 
 
 class Returns:
-    """The queue of what goes back, and the sends on their way."""
+    """The queue of what goes back, the sends on their way, and those to send again."""
 
     def __init__(self, give_back: GiveBack) -> None:
         self._give_back = give_back
-        self._unused: list[tuple[Check, float]] = []
-        self._owed: list[tuple[Check, float]] = []
+        self._counts: list[tuple[Check, float]] = []
         self._holds: dict[str, list[tuple[str, float]]] = {}  # slot key -> (token, when taken)
+        self._again: list[_Send] = []
         self._sending: set[asyncio.Future[None]] = set()
+        self._ids = itertools.count()
+        self._id_prefix = secrets.token_hex(6)
+        self._failing = False
 
     def unused(self, check: Check, at: float) -> None:
         if check.cost > 0:
-            self._unused.append((check, at))
+            self._counts.append((check, at))
 
     def owe(self, check: Check, at: float) -> None:
         if check.cost > 0:
-            self._owed.append((Check(check.key, 0, check.window_seconds, -check.cost), at))
+            self._counts.append((Check(check.key, 0, check.window_seconds, -check.cost), at))
 
     def release(self, slot_key: str, token: str, taken: float) -> None:
         self._holds.setdefault(slot_key, []).append((token, taken))
 
     def send(self, now: float) -> bool:
-        """Send everything queued; True while some of it is still on its way or waiting to be sent again."""
-        owed = [(c, at) for c, at in self._owed if window_end(at, c.window_seconds) > now]
-        counts, self._unused, self._owed = self._unused + owed, [], []
+        """Send what is queued and what failed before; True while some of it is on its way or to be sent again."""
+        sends = [live for s in self._again if (live := s.live(now)) is not None]
+        self._again = []
+        counts, self._counts = self._counts, []
         holds, self._holds = self._holds, {}
         for slot_key, tokens in holds.items():
-            kept = [(t, taken) for t, taken in tokens if now - taken < HOLD_SECONDS]
-            if kept:
-                self._go(slot_key, kept, counts)
-                counts = []
+            sends.append(_Send(self._new_id(), slot_key, tokens, counts))
+            counts = []
         if counts:
-            self._go(None, [], counts)
-        return bool(self._sending or self._owed or self._holds)
+            sends.append(_Send(self._new_id(), None, [], counts))
+        for s in sends:
+            self._go(s)
+        return bool(self._sending or self._again)
 
-    async def settle(self) -> None:
-        """Wait for what is on its way."""
-        await asyncio.gather(*self._sending, return_exceptions=True)
+    async def flush(self, now: float) -> None:
+        """Send everything and wait for it; what fails is sent once more."""
+        for _ in range(2):
+            self.send(now)
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
-    def _go(self, slot_key: str | None, holds: list[tuple[str, float]], counts: list[tuple[Check, float]]) -> None:
-        tokens = [t for t, _ in holds]
-        sending = asyncio.ensure_future(self._give_back(slot_key, tokens, counts))
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    def _go(self, s: _Send) -> None:
+        tokens = [t for t, _ in s.holds]
+        sending = asyncio.ensure_future(self._give_back(s.slot_key, tokens, s.counts, s.id if s.counts else ""))
         self._sending.add(sending)
-        sending.add_done_callback(partial(self._sent, slot_key, holds, counts))
+        sending.add_done_callback(partial(self._sent, s))
 
-    def _sent(
-        self,
-        slot_key: str | None,
-        holds: list[tuple[str, float]],
-        counts: list[tuple[Check, float]],
-        sending: asyncio.Future[None],
-    ) -> None:
+    def _sent(self, s: _Send, sending: asyncio.Future[None]) -> None:
         self._sending.discard(sending)
         if sending.cancelled() or sending.exception() is None:
+            if self._failing and not sending.cancelled():
+                self._failing = False
+                logger.warning("limits: leases are given back again")
             return
-        logger.warning("limits: could not give leases back (%s); trying again", type(sending.exception()).__name__)
-        if slot_key is not None:
-            self._holds.setdefault(slot_key, []).extend(holds)
-        self._owed.extend((c, at) for c, at in counts if c.cost < 0)
+        if not self._failing:  # once until a send succeeds again, not once a second
+            self._failing = True
+            logger.warning("limits: could not give leases back (%s); trying again", type(sending.exception()).__name__)
+        self._again.append(s)

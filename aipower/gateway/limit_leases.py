@@ -17,12 +17,12 @@ call is admitted here only within the limit it carries. `AIPOWER_REDIS_LIMIT_LEA
 call asks the store).
 
 Where a lease's units can stay counted longer than they are used (never more admitted, sometimes fewer): a lease
-whose answer is lost (a Redis timeout: the script may have run) until its window ends; a give-back that fails is
-sent again for slot holds and usage owed, not for unused counts (if it did arrive, a second would free what others
-use). A caller that goes away while its lease is on its way loses nothing: what the lease took becomes this
-process's, unused. A reused slot hold protects its call for 15 minutes from when it was taken (at least 14 from
-when the call began), not 15 from the call's start. If Redis loses its data (a restart without persistence), a
-later give-back subtracts from the new counts, by at most this process's leases.
+whose answer is lost (a Redis timeout: the script may have run) until its window ends. A give-back that fails is
+sent again under the same id (gateway.lease_returns), so what it carries is applied once. A caller that goes away
+while its lease is on its way loses nothing: what the lease took becomes this process's, unused. A reused slot
+hold protects its call for 15 minutes from when it was taken (at least 14 from when the call began), not 15 from
+the call's start. If Redis loses its data (a restart without persistence), a later give-back subtracts from the
+new counts, by at most this process's leases.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ SHARE = 8  # a lease takes at most 1/SHARE of what the window (or the slot) has 
 IDLE_SECONDS = 1.0  # a lease unused this long goes back
 REUSE_SECONDS = 60.0  # a slot hold serves later calls for this long after it was taken (its deadline is 15 minutes)
 
-Outcome = Literal["granted", "refused", "failed"]  # of a lease being taken, for the calls waiting on it
+Outcome = Literal["granted", "refused", "failed", "cancelled"]  # of a lease being taken, for the calls waiting on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +74,10 @@ class LeaseSource(RateLimiter, Protocol):
         each at most 1/share of what is left."""
 
     async def give_back(
-        self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]]
+        self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]], send_id: str = ""
     ) -> None:
         """Release slot holds, and take each (check, a time inside its window) check.cost off that window's count (add
-        it when it is below 0: usage owed)."""
+        it when it is below 0: usage owed); the counts at most once per `send_id` (a send tried again)."""
 
 
 @dataclass(slots=True)
@@ -122,11 +122,12 @@ class LeasedLimiter:
     async def admit(self, checks: Sequence[Check], slot: Slot | None = None) -> Batch:
         """From the leases when they cover the call; else from the source, taking a lease. Calls of the same key
         that find no lease wait for the one being taken (one round trip for a burst, not one each); if that one is
-        refused they ask the source for exactly what they need, each on its own."""
-        if self._closed:
-            return await self._source.admit(checks, slot)
+        refused, or failed, they ask the source for exactly what they need, each on its own (together in one
+        exchange); if its caller went away, they start over."""
         flight = (tuple(c.key for c in checks), "" if slot is None else slot.key)
         while True:
+            if self._closed:
+                return await self._source.admit(checks, slot)
             now = self._clock()
             covered = self._covered(checks, now)
             if all(a is not None for a in covered) and (slot is None or self._has_hold(slot.key, now)):
@@ -134,7 +135,7 @@ class LeasedLimiter:
             taking = self._flights.get(flight)
             if taking is None:
                 return await self._lease(checks, slot, flight)
-            if await asyncio.shield(taking) == "refused":
+            if await asyncio.shield(taking) in ("refused", "failed"):
                 return await self._lease(checks, slot, None)
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
@@ -170,7 +171,7 @@ class LeasedLimiter:
             await self._leased.wait()
         await asyncio.gather(*self._orphans, return_exceptions=True)
         self._give_back(self._clock(), everything=True)
-        await self._returns.settle()
+        await self._returns.flush(self._clock())
         await self._source.close()
 
     def _covered(self, checks: Sequence[Check], now: float) -> list[_Allowance | None]:
@@ -222,7 +223,8 @@ class LeasedLimiter:
         now = self._clock()
         taken = [self._take_part(c, now) for c in checks]
         ask = [Check(c.key, c.limit, c.window_seconds, c.cost - t) for c, t in zip(checks, taken, strict=True)]
-        asked = [i for i, (c, t) in enumerate(zip(checks, taken, strict=True)) if t < c.cost]
+        held = [self._live(c, now) for c in checks]  # the leases taken from (the sweep may forget them meanwhile)
+        asked = [i for i, (c, t) in enumerate(zip(checks, taken, strict=True)) if t < c.cost or held[i] is None]
         hold = self._pop_hold(slot, now)
         ask_slot = slot if hold is None else None
         extras = [0 if flight is None else c.cost * LEASE_CALLS for c in checks]
@@ -240,16 +242,17 @@ class LeasedLimiter:
             try:
                 lease = await asyncio.shield(running)
             except asyncio.CancelledError:  # what it takes becomes this process's lease, unused
+                outcome = "cancelled"
                 self._orphans.add(running)
                 running.add_done_callback(partial(self._keep_orphan, [ask[i] for i in asked], ask_slot, now))
                 raise
             outcome = "granted" if lease.batch.admitted else "refused"
             if outcome == "refused":
                 return self._refused(checks, taken, asked, lease, now)
-            return self._merge(checks, taken, asked, slot, lease, hold, now)
+            return self._merge(checks, held, taken, asked, slot, lease, hold, now)
         finally:
             if outcome != "granted":
-                self._put_back(checks, taken, slot, hold, now)
+                self._put_back(held, taken, slot, hold)
             if taking is not None and flight is not None:
                 del self._flights[flight]
                 taking.set_result(outcome)
@@ -268,11 +271,11 @@ class LeasedLimiter:
         return part
 
     def _put_back(
-        self, checks: Sequence[Check], taken: Sequence[int], slot: Slot | None, hold: _Hold | None, now: float
+        self, held: Sequence[_Allowance | None], taken: Sequence[int], slot: Slot | None, hold: _Hold | None
     ) -> None:
-        """Undo _take_part and _pop_hold for a call the source did not admit."""
-        for c, part in zip(checks, taken, strict=True):
-            a = self._live(c, now)
+        """Undo _take_part and _pop_hold for a call the source did not admit. (A lease the sweep gave back meanwhile
+        went back without what the call took: that part stays counted until its window ends.)"""
+        for a, part in zip(held, taken, strict=True):
             if part and a is not None:
                 a.left += part
         if hold is not None and slot is not None:
@@ -282,6 +285,7 @@ class LeasedLimiter:
     def _merge(
         self,
         checks: Sequence[Check],
+        held: Sequence[_Allowance | None],
         taken: Sequence[int],
         asked: Sequence[int],
         slot: Slot | None,
@@ -293,7 +297,7 @@ class LeasedLimiter:
         answers = dict(zip(asked, zip(lease.batch.windows, lease.counted, strict=True), strict=True))
         windows = []
         for i, c in enumerate(checks):
-            a = self._live(c, now)
+            a = self._live(c, now) or (None if i in answers else held[i])  # (taken from in full: the lease it was)
             if i in answers:
                 window, counted = answers[i]
                 if a is None:

@@ -73,7 +73,7 @@ class RedisLimiter:
             # never admitted is released as a no-op. (A release that arrives first frees the place at its deadline.)
             if slot is not None:
                 tokens = [token, *(f"{token}.{j}" for j in range(1, spare_slots + 1))]
-                self._pipeline.send(self._give_back, [keys[-1]], [*_numbers([1]), *tokens])
+                self._pipeline.send(self._give_back, [keys[-1]], [*_numbers([1, 0]), *tokens])
             raise
         out = [int(v) for v in reply]
         windows = (
@@ -85,12 +85,18 @@ class RedisLimiter:
         return Lease(batch, counted, tuple(f"{token}.{j}" for j in range(1, out[2] + 1)))
 
     async def give_back(
-        self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]]
+        self,
+        slot_key: str | None,
+        tokens: Sequence[str],
+        unused: Sequence[tuple[Check, float]],
+        send_id: str = "",
     ) -> None:
-        """Release slot holds (tokens); take each check.cost off the window that holds time `at` (add it if < 0)."""
-        keys = [] if slot_key is None else [self._slot(slot_key)]
+        """Release slot holds (tokens); take each check.cost off the window that holds time `at` (add it if < 0). The
+        counts of a `send_id` already seen are not applied again (see lua.GIVE_BACK)."""
+        keys = [f"{self._prefix}gb:{send_id}"] if send_id else []
+        keys += [] if slot_key is None else [self._slot(slot_key)]
         keys += [self._counter(c.key, c.window_seconds, at) for c, at in unused]
-        numbers: list[float | int] = [0 if slot_key is None else 1]
+        numbers: list[float | int] = [0 if slot_key is None else 1, 1 if send_id else 0]
         for c, _ in unused:
             numbers += [c.window_seconds, c.cost]
         await self._pipeline.call(self._give_back, keys, [*_numbers(numbers), *tokens])

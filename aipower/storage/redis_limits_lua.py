@@ -97,19 +97,27 @@ end
 return 1
 """
 )
-# A lease's unused part, given back, and usage owed. KEYS: the slot (if a[1] = 1), then counters. Numbers: has slot,
-# then per counter its window seconds and an amount: above 0 given back (the counter goes down by at most what it
-# holds: one whose window ended is gone), below 0 owed (added). ARGV[2...]: slot tokens to release.
+# A lease's unused part, given back, and usage owed. KEYS: the send's id key (if a[2] = 1), the slot (if a[1] = 1),
+# then counters. Numbers: has slot, has id, then per counter its window seconds and an amount: above 0 given back (the
+# counter goes down by at most what it holds: one whose window ended is gone), below 0 owed (added). ARGV[2...]: slot
+# tokens to release. A send whose id was seen (sent again after its answer was lost) changes no counter; a release
+# is the same however often it is sent.
 GIVE_BACK = (
     _NUMBERS
     + """
 local first = 1
-if a[1] == 1 then
-  for j = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[j]) end
+local counts = true
+if a[2] == 1 then
+  counts = redis.call('SET', KEYS[1], '1', 'NX', 'EX', 960) ~= false
   first = 2
 end
+if a[1] == 1 then
+  for j = 2, #ARGV do redis.call('ZREM', KEYS[first], ARGV[j]) end
+  first = first + 1
+end
+if not counts then return 0 end
 for i = first, #KEYS do
-  local window, amount = a[2 * (i - first) + 2], a[2 * (i - first) + 3]
+  local window, amount = a[2 * (i - first) + 3], a[2 * (i - first) + 4]
   if amount < 0 then
     if redis.call('INCRBY', KEYS[i], -amount) == -amount then redis.call('PEXPIRE', KEYS[i], (window + 1) * 1000) end
   else

@@ -168,18 +168,26 @@ class Gated(Counting):
         self.gate = asyncio.Event()
         self.gate.set()
         self.failing = 0
+        self.answers_lost = 0
+        self.leases_fail = 0
 
     async def lease(self, *args: object, **kwargs: object) -> limit_leases.Lease:
         await self.gate.wait()
+        if self.leases_fail:
+            self.leases_fail -= 1
+            raise redis_exceptions.ConnectionError("unreachable")
         return await super().lease(*args, **kwargs)
 
     async def give_back(
-        self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]]
+        self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]], send_id: str = ""
     ) -> None:
         if self.failing:
             self.failing -= 1
             raise redis_exceptions.ConnectionError("unreachable")
-        await super().give_back(slot_key, tokens, unused)
+        await super().give_back(slot_key, tokens, unused, send_id)
+        if self.answers_lost:  # it arrived, but its answer did not
+            self.answers_lost -= 1
+            raise redis_exceptions.TimeoutError("Redis did not answer")
 
 
 async def test_a_hold_kept_after_the_sweep_stopped_still_goes_back(clients: list[Redis], prefix: str) -> None:
@@ -252,3 +260,75 @@ async def test_one_replica_never_refuses_a_call_its_own_lease_makes_room_for(cli
     assert not (await replicas[0].admit([Check("tpm:k:key_x", 1000, 60, cost=91)])).admitted
     await replicas[0].close()
     assert await _used(clients[2], prefix, "tpm:k:key_x") == 910
+
+
+async def test_a_give_back_sent_again_after_its_answer_was_lost_counts_once(clients: list[Redis], prefix: str) -> None:
+    source = Gated(clients[0], prefix)
+    leased = LeasedLimiter(source, clock=clock)
+    tokens = Check("tpm:k:key_y", 100_000, 60, cost=100)
+    batch = await leased.admit([tokens])
+    await leased.finish(None, [Check(tokens.key, 0, 60, 5000)], batch.slot_token)  # 1,600 leased, 3,400 owed
+    source.answers_lost = 2  # the sweep's give-back arrives twice without an answer, then once more
+    await asyncio.sleep(4.5 * limit_leases.IDLE_SECONDS)
+    assert await _used(clients[2], prefix, tokens.key) == 100 + 5000
+    await leased.close()
+
+
+async def test_calls_waiting_on_a_lease_that_failed_ask_for_exactly_what_they_need(
+    clients: list[Redis], prefix: str
+) -> None:
+    source = Gated(clients[0], prefix)
+    leased = LeasedLimiter(source, clock=clock)
+    checks = [Check("rpm:k:key_z", 1000, 60)]
+    source.gate.clear()
+    source.leases_fail = 1
+    owner = asyncio.ensure_future(leased.admit(checks))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.ensure_future(leased.admit(checks)) for _ in range(9)]
+    await asyncio.sleep(0.01)
+    source.gate.set()
+    with pytest.raises(redis_exceptions.ConnectionError):
+        await owner
+    batches = await asyncio.gather(*waiting)
+    assert all(b.admitted for b in batches)
+    # each asked at once for its own call (one exchange, no lease each in turn after a timeout each)
+    assert await _used(clients[2], prefix, "rpm:k:key_z") == 9
+    await leased.close()
+
+
+async def test_calls_waiting_when_the_limiter_closes_take_no_lease(clients: list[Redis], prefix: str) -> None:
+    source = Gated(clients[0], prefix)
+    leased = LeasedLimiter(source, clock=clock)
+    checks = [Check("rpm:k:key_aa", 1000, 60)]
+    slot = Slot("conc:key_aa", 64)
+    source.gate.clear()
+    calls = [asyncio.ensure_future(leased.admit(checks, slot)) for _ in range(40)]
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(leased.close())
+    await asyncio.sleep(0.01)
+    source.gate.set()
+    batches = await asyncio.gather(*calls)
+    await closing
+    assert all(b.admitted for b in batches)
+    for b in batches:
+        await leased.finish(slot.key, [], b.slot_token)
+    assert await _used(clients[2], prefix, "rpm:k:key_aa") == 40  # nothing kept past close
+    assert await clients[2].zcard(f"{prefix}slots:conc:key_aa") == 0
+
+
+async def test_a_lease_the_sweep_forgets_while_a_call_is_asking_still_serves_it(
+    clients: list[Redis], prefix: str
+) -> None:
+    source = Gated(clients[0], prefix)
+    leased = LeasedLimiter(source, clock=clock)
+    rpm, tpm = Check("rpm:k:key_ab", 1000, 60), Check("tpm:k:key_ab", 100_000, 60, cost=10)
+    first = await leased.admit([rpm, tpm], Slot("conc:key_ab", 64))
+    await leased.finish("conc:key_ab", [Check(tpm.key, 0, 60, 160)], first.slot_token)  # its tpm lease used up
+    source.gate.clear()
+    call = asyncio.ensure_future(leased.admit([rpm, tpm, Check("rpm:u:ab", 1000, 60, cost=0)]))
+    await asyncio.sleep(2.5 * limit_leases.IDLE_SECONDS)  # the sweep gives the rpm lease back meanwhile
+    source.gate.set()
+    batch = await call
+    assert batch.admitted
+    assert batch.windows[0].used == 2
+    await leased.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from pathlib import Path
 
 import httpx
+import redis
 
 from tests.conftest import create_key, provider_env
 from tests.e2e.conftest import aipower_serve, clean_environ, run_cli
@@ -35,10 +37,49 @@ def test_two_processes_admit_exactly_one_limit(
     assert len(fake.requests) == LIMIT
 
 
+def _one_minute_ahead() -> None:
+    """Wait out the last seconds of a minute: the calls must all fall in one rate-limit window."""
+    left = 60 - time.time() % 60
+    if left < 10:
+        time.sleep(left + 0.2)
+
+
 async def _fire(urls: list[str], key: str, count: int) -> list[int]:
     async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {key}"}) as client:
         responses = await asyncio.gather(*(client.post(urls[i % 2], json=BODY) for i in range(count)))
     return [r.status_code for r in responses]
+
+
+def test_two_processes_admitting_from_leases_never_pass_the_limit(
+    database_url: str, fake_upstream_server: tuple[FakeUpstream, str], tmp_path: Path, shared_limits: dict[str, str]
+) -> None:
+    """With leases (the default), each process admits most calls without asking Redis; together they still admit
+    no more than the limit, and no fewer than it less what one lease can hold; stopped, they give back what they
+    did not use, so Redis counts exactly the calls served."""
+    fake, fake_url = fake_upstream_server
+    fake.reset()
+    limit = 80
+    key, _ = create_key(database_url, f"leases-{secrets.token_hex(4)}@example.com")
+    settings = {
+        "AIPOWER_DATABASE_URL": database_url,
+        "AIPOWER_DEFAULT_RPM": str(limit),
+        "AIPOWER_MAX_CONCURRENT_PER_KEY": "1000",  # only the requests per minute bind
+        **shared_limits,
+    }
+    env = clean_environ({**settings, **provider_env(fake_url)})
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(aipower_serve(env, tmp_path))
+        second = stack.enter_context(aipower_serve(env, tmp_path))
+        urls = [f"{first.url}/v1/chat/completions", f"{second.url}/v1/chat/completions"]
+        _one_minute_ahead()
+        statuses = asyncio.run(_fire(urls, key, 3 * limit))
+    served = statuses.count(200)
+    assert limit - limit // 8 <= served <= limit, statuses
+    assert statuses.count(429) == 3 * limit - served
+    assert len(fake.requests) == served
+    with redis.Redis.from_url(shared_limits["AIPOWER_REDIS_URL"]) as client:
+        counters = [k for k in client.scan_iter(match=f"{shared_limits['AIPOWER_REDIS_PREFIX']}rl:rpm:k:*")]
+        assert [int(client.get(k) or 0) for k in counters] == [served]
 
 
 def test_several_workers_need_redis(tmp_path: Path) -> None:

@@ -16,12 +16,28 @@ from aipower.gateway.limits import Check, Slot
 from aipower.storage import redis_limits
 from tests.redis_service import require_redis
 
-START = time.time() // 60 * 60 + 1  # one minute, whatever the time the test runs: its clocks start there
-_BASE = time.monotonic()
+
+class _Clock:
+    """The clock of a test's limiters: it starts one second into a minute (a test runs well within one window,
+    whenever it runs) and goes at the real pace (leases go back after real seconds idle)."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self._start = time.time() // 60 * 60 + 1
+        self._base = time.monotonic()
+
+    def __call__(self) -> float:
+        return self._start + time.monotonic() - self._base
 
 
-def clock() -> float:
-    return START + time.monotonic() - _BASE
+clock = _Clock()
+
+
+@pytest.fixture(autouse=True)
+def _a_window_of_its_own() -> None:
+    clock.restart()
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ With limits shared through Redis, every call used to make two round trips to it:
 `LeasedLimiter` in front of the shared store takes a little more than a call needs when it admits one (a lease): for
 each window, up to LEASE_CALLS more calls' worth, and for the key's concurrency slot, up to LEASE_SLOTS more holds.
 The next calls of the same key are admitted here from what is left, and a finished call's slot hold stays here for
-the next call instead of going back. Completion tokens are taken from the lease too when it has them.
+the next call instead of going back. Completion tokens are taken from the lease too; past it they are owed, and go
+to the store with the next call's ask (so the store checks that call against them) or within a second.
 
 Exactness. The shared store counts every lease in full when it grants it, so all replicas together never admit
 more than a limit: a lease only moves units from the store to one process ahead of use. What a lease holds and this
@@ -13,8 +14,8 @@ replicas' leases early. That is bounded: a lease is at most 1/SHARE of what the 
 leases shrink to nothing and admission is exact call by call), and what sits unused for IDLE_SECONDS goes back (a
 window's count, and slot holds, which another replica can then take). A process that dies keeps its leases until
 the window ends (a slot hold: until its deadline, as a call's own). A limit lowered meanwhile applies at once: a
-call is admitted here only within the limit it carries. `AIPOWER_REDIS_LIMIT_LEASES=0` turns leases off (every
-call asks the store).
+lease taken under a higher limit admits nothing more here, and the store decides. `AIPOWER_REDIS_LIMIT_LEASES=0`
+turns leases off (every call asks the store).
 
 Where a lease's units can stay counted longer than they are used (never more admitted, sometimes fewer): a lease
 whose answer is lost (a Redis timeout: the script may have run) until its window ends. A give-back that fails is
@@ -88,7 +89,13 @@ class _Allowance:
     left: int  # counted by the source, not yet used here
     counted: int  # the source's count after the last lease (what the response headers report, less `left`)
     touched: float
-    owed: int = 0  # usage counted here past the lease, not yet added on the source (paid from the next lease)
+    owed: int = 0  # usage counted here past the lease, not yet added on the source (sent with the next ask)
+    limit: int = 0  # the limit the lease was taken under: a lower one now, and the source decides
+
+    def fits(self, check: Check) -> bool:
+        """The call stays within the limit it carries, as far as this process knows (the source knows better when the
+        limit was lowered since the lease: other processes' calls count too)."""
+        return check.limit >= self.limit and self.used() + check.cost <= check.limit
 
     def used(self) -> int:
         """The count as this process sees it: the source's, less what is left of the lease, plus what is owed."""
@@ -179,7 +186,7 @@ class LeasedLimiter:
         covered: list[_Allowance | None] = []
         for c in checks:
             a = self._live(c, now)
-            covered.append(a if a is not None and a.left >= c.cost and a.used() + c.cost <= c.limit else None)
+            covered.append(a if a is not None and a.left >= c.cost and a.fits(c) else None)
         return covered
 
     def _live(self, check: Check, now: float) -> _Allowance | None:
@@ -222,9 +229,10 @@ class LeasedLimiter:
         source refuses the call). The source's answer is kept even if the caller goes away meanwhile."""
         now = self._clock()
         taken = [self._take_part(c, now) for c in checks]
-        ask = [Check(c.key, c.limit, c.window_seconds, c.cost - t) for c, t in zip(checks, taken, strict=True)]
         held = [self._live(c, now) for c in checks]  # the leases taken from (the sweep may forget them meanwhile)
         asked = [i for i, (c, t) in enumerate(zip(checks, taken, strict=True)) if t < c.cost or held[i] is None]
+        owed = [self._owed_now(held[i]) if i in asked else 0 for i in range(len(checks))]  # checked with the call
+        ask = [Check(c.key, c.limit, c.window_seconds, c.cost - taken[i] + owed[i]) for i, c in enumerate(checks)]
         hold = self._pop_hold(slot, now)
         ask_slot = slot if hold is None else None
         extras = [0 if flight is None else c.cost * LEASE_CALLS for c in checks]
@@ -244,26 +252,38 @@ class LeasedLimiter:
             except asyncio.CancelledError:  # what it takes becomes this process's lease, unused
                 outcome = "cancelled"
                 self._orphans.add(running)
-                running.add_done_callback(partial(self._keep_orphan, [ask[i] for i in asked], ask_slot, now))
+                asked_owed = [owed[i] for i in asked]
+                running.add_done_callback(
+                    partial(self._keep_orphan, [ask[i] for i in asked], asked_owed, ask_slot, now)
+                )
                 raise
             outcome = "granted" if lease.batch.admitted else "refused"
             if outcome == "refused":
                 return self._refused(checks, taken, asked, lease, now)
-            return self._merge(checks, held, taken, asked, slot, lease, hold, now)
+            return self._merge(checks, held, [a.cost for a in ask], asked, slot, lease, hold, now)
         finally:
             if outcome != "granted":
-                self._put_back(held, taken, slot, hold)
+                self._put_back(held, taken, owed if outcome != "cancelled" else [], slot, hold)
             if taking is not None and flight is not None:
                 del self._flights[flight]
                 taking.set_result(outcome)
             self._leasing -= 1
             self._leased.set()
 
+    @staticmethod
+    def _owed_now(a: _Allowance | None) -> int:
+        """Usage owed on a window, taken off the lease to go with the call that asks next (so the source checks the
+        call against it); put back if that call is not admitted."""
+        if a is None:
+            return 0
+        owed, a.owed = a.owed, 0
+        return owed
+
     def _take_part(self, check: Check, now: float) -> int:
         """Take what this process's lease of the window has toward the call's cost (all of it when it covers it);
         nothing if the call would pass the limit it carries now (the source decides)."""
         a = self._live(check, now)
-        if a is None or a.used() + check.cost > check.limit:
+        if a is None or not a.fits(check):
             return 0
         part = min(a.left, check.cost)
         a.left -= part
@@ -271,13 +291,22 @@ class LeasedLimiter:
         return part
 
     def _put_back(
-        self, held: Sequence[_Allowance | None], taken: Sequence[int], slot: Slot | None, hold: _Hold | None
+        self,
+        held: Sequence[_Allowance | None],
+        taken: Sequence[int],
+        owed: Sequence[int],
+        slot: Slot | None,
+        hold: _Hold | None,
     ) -> None:
-        """Undo _take_part and _pop_hold for a call the source did not admit. (A lease the sweep gave back meanwhile
-        went back without what the call took: that part stays counted until its window ends.)"""
+        """Undo _take_part, _owed_now (unless the ask may still arrive: a lease left running for a caller gone) and
+        _pop_hold for a call the source did not admit. (A lease the sweep gave back meanwhile went back without what
+        the call took: that part stays counted until its window ends.)"""
         for a, part in zip(held, taken, strict=True):
             if part and a is not None:
                 a.left += part
+        for a, part in zip(held, owed, strict=False):
+            if part and a is not None:
+                a.owed += part
         if hold is not None and slot is not None:
             self._free.setdefault(slot.key, deque()).appendleft(hold)
             self._schedule()
@@ -286,7 +315,7 @@ class LeasedLimiter:
         self,
         checks: Sequence[Check],
         held: Sequence[_Allowance | None],
-        taken: Sequence[int],
+        asked_costs: Sequence[int],
         asked: Sequence[int],
         slot: Slot | None,
         lease: Lease,
@@ -302,10 +331,11 @@ class LeasedLimiter:
                 window, counted = answers[i]
                 if a is None:
                     a = self._allowances[(c.key, c.window_seconds)] = _Allowance(
-                        window_end(now, c.window_seconds), 0, 0, now
+                        window_end(now, c.window_seconds), 0, 0, now, limit=c.limit
                     )
-                a.left += counted - (c.cost - taken[i])
+                a.left += counted - asked_costs[i]
                 a.counted = window.used
+                a.limit = c.limit
                 paid = min(a.left, a.owed)
                 a.left, a.owed = a.left - paid, a.owed - paid
             assert a is not None
@@ -326,19 +356,26 @@ class LeasedLimiter:
             self._taken[token] = now
             free.append(_Hold(token, now, now))
 
-    def _keep_orphan(self, ask: Sequence[Check], slot: Slot | None, now: float, running: asyncio.Future[Lease]) -> None:
-        """A lease whose caller went away before it was answered: all it took is this process's, unused."""
+    def _keep_orphan(
+        self, ask: Sequence[Check], owed: Sequence[int], slot: Slot | None, now: float, running: asyncio.Future[Lease]
+    ) -> None:
+        """A lease whose caller went away before it was answered: all it took is this process's, unused (less the
+        usage owed it carried); if it was not admitted, that usage is owed again."""
         self._orphans.discard(running)
-        if running.cancelled() or running.exception() is not None or not running.result().batch.admitted:
-            return
-        lease = running.result()
-        for c, counted in zip(ask, lease.counted, strict=True):
+        lease = None if running.cancelled() or running.exception() is not None else running.result()
+        for i, c in enumerate(ask):
             a = self._live(c, now)
+            if lease is None or not lease.batch.admitted:
+                if a is not None:
+                    a.owed += owed[i]
+                continue
             if a is None:
                 a = self._allowances[(c.key, c.window_seconds)] = _Allowance(
-                    window_end(now, c.window_seconds), 0, 0, now
+                    window_end(now, c.window_seconds), 0, 0, now, limit=c.limit
                 )
-            a.left += counted
+            a.left += lease.counted[i] - owed[i]
+        if lease is None or not lease.batch.admitted:
+            return
         if slot is not None:
             self._add_holds(slot.key, [lease.batch.slot_token, *lease.spare_slots], now)
         self._schedule()

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from aipower.gateway import limit_leases
 from aipower.gateway.limit_leases import LeasedLimiter
-from aipower.gateway.limits import Check, Slot
+from aipower.gateway.limits import Check, LocalLimiter, Slot
 from aipower.storage import redis_limits
 from tests.redis_service import require_redis
 
@@ -348,3 +348,30 @@ async def test_a_lease_the_sweep_forgets_while_a_call_is_asking_still_serves_it(
     assert batch.admitted
     assert batch.windows[0].used == 2
     await leased.close()
+
+
+async def test_tokens_owed_count_against_the_next_call_at_once(clients: list[Redis], prefix: str) -> None:
+    """Completion tokens past a lease are not left for the sweep: the next call asks Redis with them, so a tokens
+    limit refuses as soon as it would without leases (each call here: 10 tokens asked, 150 used)."""
+    _, replicas = _replicas(clients, prefix)
+    reference = LocalLimiter(clock=clock)
+    for limiter in (replicas[0], reference):
+        admitted = 0
+        for _ in range(12):
+            batch = await limiter.admit([Check("tpm:k:key_ac", 400, 60, cost=10)])
+            if not batch.admitted:
+                break
+            admitted += 1
+            await limiter.finish(None, [Check("tpm:k:key_ac", 0, 60, 150)], batch.slot_token)
+        assert admitted == 3, limiter
+    await replicas[0].close()
+
+
+async def test_a_limit_lowered_applies_at_once_across_replicas(clients: list[Redis], prefix: str) -> None:
+    _, replicas = _replicas(clients, prefix)
+    for i in range(10):
+        assert (await replicas[i % 2].admit([Check("rpm:k:key_ad", 200, 60)])).admitted
+    later = [await replicas[i % 2].admit([Check("rpm:k:key_ad", 12, 60)]) for i in range(10)]
+    assert sum(b.admitted for b in later) <= 2  # never past the new limit, whatever each replica's lease holds
+    for replica in replicas:
+        await replica.close()

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 HOLD_SECONDS = 900.0  # a slot hold's deadline on the source: a release still failing past it is dropped
 GiveBack = Callable[[str | None, Sequence[str], Sequence[tuple[Check, float]], str], Awaitable[None]]
+Keep = Callable[[str, Sequence[str], int, float], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +43,9 @@ class _Send:
 class Returns:
     """The queue of what goes back, the sends on their way, and those to send again."""
 
-    def __init__(self, give_back: GiveBack) -> None:
+    def __init__(self, give_back: GiveBack, keep: Keep) -> None:
         self._give_back = give_back
+        self._keep = keep
         self._counts: list[tuple[Check, float]] = []
         self._holds: dict[str, list[tuple[str, float]]] = {}  # slot key -> (token, when taken)
         self._again: list[_Send] = []
@@ -62,6 +64,12 @@ class Returns:
 
     def release(self, slot_key: str, token: str, taken: float) -> None:
         self._holds.setdefault(slot_key, []).append((token, taken))
+
+    def keep(self, slot_key: str, tokens: Sequence[str], ttl: int, now: float) -> None:
+        """Move the holds' deadlines on, now (not sent again if it fails: the next keep is a few seconds away)."""
+        keeping = asyncio.ensure_future(self._keep(slot_key, tokens, ttl, now))
+        self._sending.add(keeping)
+        keeping.add_done_callback(self._kept)
 
     def send(self, now: float) -> bool:
         """Send what is queued and what failed before; True while some of it is on its way or to be sent again."""
@@ -93,14 +101,26 @@ class Returns:
         self._sending.add(sending)
         sending.add_done_callback(partial(self._sent, s))
 
+    def _kept(self, keeping: asyncio.Future[None]) -> None:
+        self._sending.discard(keeping)
+        self._note(keeping, "could not keep slot holds")
+
     def _sent(self, s: _Send, sending: asyncio.Future[None]) -> None:
         self._sending.discard(sending)
-        if sending.cancelled() or sending.exception() is None:
-            if self._failing and not sending.cancelled():
+        if self._note(sending, "could not give leases back; trying again"):
+            self._again.append(s)
+
+    def _note(self, done: asyncio.Future[None], what: str) -> bool:
+        """Whether `done` failed; logged once until a send succeeds again (not once a second during an outage)."""
+        if done.cancelled():
+            return False
+        error = done.exception()
+        if error is None:
+            if self._failing:
                 self._failing = False
-                logger.warning("limits: leases are given back again")
-            return
-        if not self._failing:  # once until a send succeeds again, not once a second
+                logger.warning("limits: leases are given back and kept again")
+            return False
+        if not self._failing:
             self._failing = True
-            logger.warning("limits: could not give leases back (%s); trying again", type(sending.exception()).__name__)
-        self._again.append(s)
+            logger.warning("limits: %s (%s)", what, type(error).__name__)
+        return True

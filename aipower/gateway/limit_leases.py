@@ -12,18 +12,21 @@ more than a limit: a lease only moves units from the store to one process ahead 
 process does not use may refuse another replica's call meanwhile, so a replica can see a limit up to the other
 replicas' leases early. That is bounded: a lease is at most 1/SHARE of what the window had left (so near a limit
 leases shrink to nothing and admission is exact call by call), and what sits unused for IDLE_SECONDS goes back (a
-window's count, and slot holds, which another replica can then take). A process that dies keeps its leases until
-the window ends (a slot hold: until its deadline, as a call's own). A limit lowered meanwhile applies at once: a
+window's count, and slot holds, which another replica can then take). A limit lowered meanwhile applies at once: a
 lease taken under a higher limit admits nothing more here, and the store decides. `AIPOWER_REDIS_LIMIT_LEASES=0`
 turns leases off (every call asks the store).
+
+A process that dies keeps its leases until the window ends, and its slot holds for at most HOLD_TTL: a hold taken
+here lives that long on the store unless this process moves its deadline on (every KEEP_SECONDS, for the holds of
+its calls in flight too). While the store cannot be reached for longer than HOLD_TTL, the holds of calls still
+running may lapse (another process may then admit up to that many more calls at once).
 
 Where a lease's units can stay counted longer than they are used (never more admitted, sometimes fewer): a lease
 whose answer is lost (a Redis timeout: the script may have run) until its window ends. A give-back that fails is
 sent again under the same id (gateway.lease_returns), so what it carries is applied once. A caller that goes away
-while its lease is on its way loses nothing: what the lease took becomes this process's, unused. A reused slot
-hold protects its call for 15 minutes from when it was taken (at least 14 from when the call began), not 15 from
-the call's start. If Redis loses its data (a restart without persistence), a later give-back subtracts from the
-new counts, by at most this process's leases.
+while its lease is on its way loses nothing: what the lease took becomes this process's, unused. If Redis loses its
+data (a restart without persistence), a later give-back subtracts from the new counts, by at most this process's
+leases.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ LEASE_CALLS = 16  # a window's lease: up to this many more calls of the same cos
 LEASE_SLOTS = 4  # slot holds taken besides the call's own
 SHARE = 8  # a lease takes at most 1/SHARE of what the window (or the slot) has left
 IDLE_SECONDS = 1.0  # a lease unused this long goes back
-REUSE_SECONDS = 60.0  # a slot hold serves later calls for this long after it was taken (its deadline is 15 minutes)
+REUSE_SECONDS = 60.0  # a slot hold serves later calls for this long after it was taken
+HOLD_TTL = 60  # a slot hold's deadline on the store, seconds ahead; moved on while this process lives (KEEP_SECONDS)
+KEEP_SECONDS = 20.0
 
 Outcome = Literal["granted", "refused", "failed", "cancelled"]  # of a lease being taken, for the calls waiting on it
 
@@ -70,9 +75,13 @@ class LeaseSource(RateLimiter, Protocol):
         spare_slots: int,
         share: int,
         now: float,
+        slot_ttl: int,
     ) -> Lease:
         """`admit` at time `now`, taking up to `extras[i]` more on check i and up to `spare_slots` more slot holds,
-        each at most 1/share of what is left."""
+        each at most 1/share of what is left; the slot holds are good for `slot_ttl` seconds unless kept."""
+
+    async def keep(self, slot_key: str, tokens: Sequence[str], ttl: int, now: float) -> None:
+        """Move each of these slot holds' deadlines to now + ttl (a hold already freed stays free)."""
 
     async def give_back(
         self, slot_key: str | None, tokens: Sequence[str], unused: Sequence[tuple[Check, float]], send_id: str = ""
@@ -117,12 +126,15 @@ class LeasedLimiter:
         self._clock = clock
         self._allowances: dict[tuple[str, int], _Allowance] = {}
         self._free: dict[str, deque[_Hold]] = {}  # slot key -> holds no call is using, longest free first
-        self._taken: dict[str, float] = {}  # token -> when granted, for every hold kept here (used or free)
+        self._taken: dict[
+            str, tuple[str, float]
+        ] = {}  # token -> (slot key, when granted): every hold here, used or free
+        self._kept_at = 0.0  # when the holds' deadlines were last moved on
         self._flights: dict[tuple[tuple[str, ...], str], asyncio.Future[Outcome]] = {}  # leases being taken, by key
         self._leasing = 0  # admissions between asking the source and keeping what it granted (close waits for them)
         self._leased = asyncio.Event()
         self._orphans: set[asyncio.Future[Lease]] = set()  # leases still running whose callers went away
-        self._returns = Returns(source.give_back)
+        self._returns = Returns(source.give_back, source.keep)
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -147,7 +159,8 @@ class LeasedLimiter:
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
         now = self._clock()
-        taken = self._taken.get(slot_token) if slot_key is not None else None
+        held = self._taken.get(slot_token) if slot_key is not None else None
+        taken = None if held is None else held[1]
         if slot_key is not None and taken is not None:
             if now - taken < REUSE_SECONDS and not self._closed:
                 self._free.setdefault(slot_key, deque()).append(_Hold(slot_token, taken, now))
@@ -244,7 +257,7 @@ class LeasedLimiter:
         self._leasing += 1
         try:
             source = self._source.lease(
-                [ask[i] for i in asked], ask_slot, [extras[i] for i in asked], spare, SHARE, now
+                [ask[i] for i in asked], ask_slot, [extras[i] for i in asked], spare, SHARE, now, HOLD_TTL
             )
             running = asyncio.ensure_future(source)
             try:
@@ -345,7 +358,7 @@ class LeasedLimiter:
         if hold is not None:
             token = hold.token
         elif slot is not None:
-            self._taken[token] = now
+            self._taken[token] = (slot.key, now)
             self._add_holds(slot.key, lease.spare_slots, now)
         self._schedule()
         return Batch(tuple(windows), True, token)
@@ -353,7 +366,7 @@ class LeasedLimiter:
     def _add_holds(self, slot_key: str, tokens: Sequence[str], now: float) -> None:
         free = self._free.setdefault(slot_key, deque())
         for token in tokens:
-            self._taken[token] = now
+            self._taken[token] = (slot_key, now)
             free.append(_Hold(token, now, now))
 
     def _keep_orphan(
@@ -437,5 +450,12 @@ class LeasedLimiter:
                 self._free[slot_key] = kept
             else:
                 del self._free[slot_key]
+        if self._taken and now - self._kept_at >= KEEP_SECONDS and not everything:
+            self._kept_at = now
+            by_slot: dict[str, list[str]] = {}
+            for token, (slot_key, _) in self._taken.items():
+                by_slot.setdefault(slot_key, []).append(token)
+            for slot_key, tokens in by_slot.items():
+                self._returns.keep(slot_key, tokens, HOLD_TTL, now)
         pending = self._returns.send(now)
-        return bool(self._allowances or self._free or pending)
+        return bool(self._allowances or self._free or self._taken or pending)

@@ -41,6 +41,7 @@ class RedisLimiter:
         self._admit = self._pipeline.script(lua.ADMIT)
         self._finish = self._pipeline.script(lua.FINISH)
         self._give_back = self._pipeline.script(lua.GIVE_BACK)
+        self._keep = self._pipeline.script(lua.KEEP)
         self._token_prefix = secrets.token_hex(6)  # slot tokens: unique across processes, a counter within one
         self._tokens = itertools.count()
 
@@ -55,10 +56,12 @@ class RedisLimiter:
         spare_slots: int,
         share: int,
         now: float,
+        slot_ttl: int = _SLOT_TTL,
     ) -> Lease:
-        """admit(), taking up to extras[i] more on check i and up to `spare_slots` more slot holds (see lua.ADMIT)."""
+        """admit(), taking up to extras[i] more on check i and up to `spare_slots` more slot holds (see lua.ADMIT),
+        each hold good for `slot_ttl` seconds unless kept."""
         keys = [self._counter(c.key, c.window_seconds, now) for c in checks]
-        args: list[float | int] = [now, len(checks), 0, 0, _SLOT_TTL, share, spare_slots]
+        args: list[float | int] = [now, len(checks), 0, 0, slot_ttl, share, spare_slots]
         token = ""
         if slot is not None:
             keys.append(self._slot(slot.key))
@@ -83,6 +86,10 @@ class RedisLimiter:
         batch = Batch(tuple(windows), bool(out[1]), token if admitted else "")
         counted = tuple(out[4 * i + 6] for i in range(len(checks)))
         return Lease(batch, counted, tuple(f"{token}.{j}" for j in range(1, out[2] + 1)))
+
+    async def keep(self, slot_key: str, tokens: Sequence[str], ttl: int, now: float) -> None:
+        """Move each hold's deadline to now + ttl, if it is still held."""
+        await self._pipeline.call(self._keep, [self._slot(slot_key)], [*_numbers([now + ttl, ttl]), *tokens])
 
     async def give_back(
         self,

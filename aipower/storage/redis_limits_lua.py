@@ -25,11 +25,12 @@ local a = {}
 for v in string.gmatch(ARGV[1], '[^ ]+') do a[#a + 1] = tonumber(v) end
 """
 # KEYS: one counter per check, then the slot (if a[3] = 1). Numbers: now (seconds, float), number of checks, has
-# slot, slot limit, slot ttl, share, spare slots wanted, then limit, window seconds, cost, extra per check; ARGV[2]:
-# this call's slot token. All or nothing: every window and the slot are checked before anything is counted.
-# Admitted, each counter takes the call's cost plus a lease: up to `extra` more, at most 1/share of what is left
-# after the call (so near the limit a lease shrinks to nothing); and the slot takes up to `spare slots wanted` more
-# holds (tokens ARGV[2].1, .2, ...), at most 1/share of the places left. Plain admission asks for no extra.
+# slot, slot limit, slot ttl (whole seconds), share, spare slots wanted, then limit, window seconds, cost, extra per
+# check; ARGV[2]: this call's slot token. All or nothing: every window and the slot are checked before anything is
+# counted. Admitted, each counter takes the call's cost plus a lease: up to `extra` more, at most 1/share of what is
+# left after the call (so near the limit a lease shrinks to nothing); and the slot takes up to `spare slots wanted`
+# more holds (tokens ARGV[2].1, .2, ...), at most 1/share of the places left. Plain admission asks for no extra.
+# The slot's key lives as long as its longest hold (its expiry is only ever moved later).
 # Returns {admitted, slot free, spare slots taken, then allowed, used, ms to reset, counted per check}.
 # A call whose release is lost (a reply lost to a timeout, a process gone) frees its place at its deadline (now + slot
 # ttl), however busy the key.
@@ -70,7 +71,7 @@ if has_slot then
   local spare = math.min(a[7], math.floor((a[4] - held - 1) / share))
   for j = 1, spare do redis.call('ZADD', KEYS[n + 1], deadline, ARGV[2] .. '.' .. j) end
   out[3] = spare
-  redis.call('EXPIRE', KEYS[n + 1], a[5])
+  if redis.call('TTL', KEYS[n + 1]) < a[5] then redis.call('EXPIRE', KEYS[n + 1], a[5]) end
 end
 return out
 """
@@ -125,6 +126,16 @@ for i = first, #KEYS do
     if amount > 0 then redis.call('DECRBY', KEYS[i], amount) end
   end
 end
+return 1
+"""
+)
+# Slot holds a live process keeps: each moved to a new deadline, if still held. KEYS[1]: the slot. Numbers: deadline,
+# ttl (whole seconds); ARGV[2...]: the tokens. A hold already freed at its deadline stays free.
+KEEP = (
+    _NUMBERS
+    + """
+for j = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', a[1], ARGV[j]) end
+if redis.call('TTL', KEYS[1]) < a[2] then redis.call('EXPIRE', KEYS[1], a[2]) end
 return 1
 """
 )

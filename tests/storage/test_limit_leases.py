@@ -375,3 +375,35 @@ async def test_a_limit_lowered_applies_at_once_across_replicas(clients: list[Red
     assert sum(b.admitted for b in later) <= 2  # never past the new limit, whatever each replica's lease holds
     for replica in replicas:
         await replica.close()
+
+
+async def test_a_process_that_dies_frees_its_kept_places_within_a_minute(clients: list[Redis], prefix: str) -> None:
+    """Slot holds kept for reuse live 60 s on Redis unless their process keeps them: one killed (no clean stop)
+    costs the key its places for a minute, not the 15 minutes a call in flight may take."""
+    _, replicas = _replicas(clients, prefix)
+    slot = Slot("conc:key_ae", 64)
+    batch = await replicas[0].admit([], slot)
+    await replicas[0].finish(slot.key, [], batch.slot_token)  # kept for the next call
+    assert await clients[2].zcard(f"{prefix}slots:{slot.key}") == 1 + limit_leases.LEASE_SLOTS
+    # A minute later, as seen by another process, this one having died without a clean stop (had it lived, it would
+    # have moved its holds' deadlines on by then: the next test).
+    later = Counting(clients[1], prefix)
+    other = LeasedLimiter(later, clock=lambda: clock() + limit_leases.HOLD_TTL + 1)
+    batches = await asyncio.gather(*(other.admit([], slot) for _ in range(64)))
+    assert all(b.admitted for b in batches)
+    await other.close()
+
+
+async def test_a_live_process_keeps_its_holds(clients: list[Redis], prefix: str) -> None:
+    _, replicas = _replicas(clients, prefix)
+    slot = Slot("conc:key_af", 64)
+    batch = await replicas[0].admit([], slot)
+    key = f"{prefix}slots:{slot.key}"
+    first = await clients[2].zscore(key, batch.slot_token)
+    assert first is not None and first <= clock() + limit_leases.HOLD_TTL
+    await asyncio.sleep(1.5 * limit_leases.IDLE_SECONDS)  # a sweep: the call still runs, its hold is kept
+    kept = await clients[2].zscore(key, batch.slot_token)
+    assert kept is not None and kept > first
+    await replicas[0].finish(slot.key, [], batch.slot_token)
+    await replicas[0].close()
+    assert await clients[2].zcard(key) == 0

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bench import compare, procs, report, servers, throughput
+from bench import backends, compare, procs, report, servers, throughput
 from bench.load import PhaseResult
 
 TARGETS = ("direct", "sqlite", "postgres+redis")
@@ -62,6 +62,7 @@ def measure(config: throughput.Config) -> dict[str, list[PhaseResult]]:
                 "concurrency": 1 if spec.single else config.concurrency,
                 "duration": duration,
                 "pids": pids,
+                "redis_url": backends.REDIS_URL if name == "postgres+redis" else None,
             }
             with move.during(spec) if move else contextlib.nullcontext():
                 return load.run(command, timeout=duration + 90)

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import redis
 import uvloop
 
 from bench import procs
@@ -40,6 +41,7 @@ class Phase:
     concurrency: int
     duration: float
     pids: Mapping[str, Sequence[int]]  # name -> processes whose CPU time is measured over the phase
+    redis_url: str | None = None  # a Redis whose script calls are counted over the phase (the gateway's limits)
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class PhaseResult:
     first_frame_ms: list[float] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    redis_calls: int | None = None  # script calls (EVAL, EVALSHA) Redis ran during the phase: the gateway's round trips
 
     def fail(self, reason: str) -> None:
         self.errors += 1
@@ -95,6 +98,7 @@ class LoadGenerator:
         body = request_body(phase.target.model, phase.stream)
         result = PhaseResult()
         cpu_before = {name: procs.cpu_seconds(pids) for name, pids in phase.pids.items()}
+        redis_before = _redis_calls(phase.redis_url)
         started = time.perf_counter()
         deadline = started + phase.duration
         once = _stream_once if phase.stream else _complete_once
@@ -102,6 +106,9 @@ class LoadGenerator:
         await asyncio.gather(*(_worker(job) for _ in range(phase.concurrency)))
         result.elapsed = time.perf_counter() - started
         result.cpu_seconds = {name: procs.cpu_seconds(pids) - cpu_before[name] for name, pids in phase.pids.items()}
+        redis_after = _redis_calls(phase.redis_url)
+        if redis_before is not None and redis_after is not None:
+            result.redis_calls = redis_after - redis_before
         return result
 
 
@@ -154,6 +161,16 @@ async def _stream_once(session: aiohttp.ClientSession, url: str, body: bytes, se
     result.frames.append(received.count(b"data:"))
 
 
+def _redis_calls(url: str | None) -> int | None:
+    """Script calls Redis has run since it started (INFO commandstats: every limiter and breaker call is one, a round
+    trip each, or one command of a pipelined round trip), or None without a Redis to ask."""
+    if url is None:
+        return None
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        stats: dict[str, Any] = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha"))
+
+
 def parse_phase(line: str) -> Phase:
     raw = orjson.loads(line)
     return Phase(
@@ -162,6 +179,7 @@ def parse_phase(line: str) -> Phase:
         concurrency=int(raw["concurrency"]),
         duration=float(raw["duration"]),
         pids={name: [int(p) for p in pids] for name, pids in raw["pids"].items()},
+        redis_url=raw.get("redis_url"),
     )
 
 

@@ -181,6 +181,7 @@ class Runner:
             "concurrency": 1 if spec.single else self._config.concurrency,
             "duration": duration,
             "pids": self._targets.pids,
+            "redis_url": backends.REDIS_URL if target == "gateway" and self._config.redis else None,
         }
         with self._move.during(spec) if self._move else contextlib.nullcontext():
             return self._load.run(command, timeout=duration + 90)
@@ -272,7 +273,15 @@ def build_rows(results: dict[str, list[PhaseResult]], rss: tuple[int | None, int
         report.Row("gateway CPU us per relayed chunk (estimate)", None, per_chunk(*gateway_cpu), digits=1),
         report.Row("gateway RSS MiB at rest", None, mib[0]),
         report.Row("gateway RSS MiB after load", None, mib[1]),
+        report.Row(f"Redis script calls/request, c={c}", None, redis_per_request(results["gateway/load"]), digits=2),
     ]
+
+
+def redis_per_request(runs: Sequence[PhaseResult]) -> float | None:
+    """Redis script calls (the limiter's and the breakers') per completed request, where they were counted."""
+    counted = [r for r in runs if r.redis_calls is not None]
+    requests = sum(r.requests for r in counted)
+    return sum(r.redis_calls or 0 for r in counted) / requests if counted and requests else None
 
 
 def per_chunk(request_ms: float | None, stream_ms: float | None) -> float | None:

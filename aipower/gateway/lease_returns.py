@@ -21,7 +21,7 @@ from aipower.gateway.limits import Check, window_end
 
 logger = logging.getLogger(__name__)
 
-HOLD_SECONDS = 900.0  # a slot hold's deadline on the source: a release still failing past it is dropped
+HOLD_SECONDS = 900.0  # no hold outlives this on the source: a release still failing past it is dropped
 GiveBack = Callable[[str | None, Sequence[str], Sequence[tuple[Check, float]], str], Awaitable[None]]
 Keep = Callable[[str, Sequence[str], int, float], Awaitable[None]]
 

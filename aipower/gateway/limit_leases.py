@@ -19,7 +19,9 @@ turns leases off (every call asks the store).
 A process that dies keeps its leases until the window ends, and its slot holds for at most HOLD_TTL: a hold taken
 here lives that long on the store unless this process moves its deadline on (every KEEP_SECONDS, for the holds of
 its calls in flight too). While the store cannot be reached for longer than HOLD_TTL, the holds of calls still
-running may lapse (another process may then admit up to that many more calls at once).
+running may lapse (another process may then admit up to that many more calls at once); so may those of calls still
+running after close() (the server closes the limiter once its calls are done), and hosts' clocks must agree within
+HOLD_TTL - KEEP_SECONDS (deadlines are each process's time, compared with the others').
 
 Where a lease's units can stay counted longer than they are used (never more admitted, sometimes fewer): a lease
 whose answer is lost (a Redis timeout: the script may have run) until its window ends. A give-back that fails is
@@ -52,6 +54,7 @@ IDLE_SECONDS = 1.0  # a lease unused this long goes back
 REUSE_SECONDS = 60.0  # a slot hold serves later calls for this long after it was taken
 HOLD_TTL = 60  # a slot hold's deadline on the store, seconds ahead; moved on while this process lives (KEEP_SECONDS)
 KEEP_SECONDS = 20.0
+MAX_CALL_SECONDS = 900.0  # a hold granted this long ago is no longer kept alive (as plain admission's deadline)
 
 Outcome = Literal["granted", "refused", "failed", "cancelled"]  # of a lease being taken, for the calls waiting on it
 
@@ -116,7 +119,7 @@ class _Hold:
     """A slot hold kept here between calls."""
 
     token: str
-    taken: float  # when the source granted it (its deadline there is 15 minutes later)
+    taken: float  # when the source granted it
     free_since: float
 
 
@@ -179,6 +182,11 @@ class LeasedLimiter:
         if not self._take(Check(key, 0, window_seconds, cost), self._clock()):
             await self._source.add(key, window_seconds, cost)
         self._schedule()
+
+    def forget(self, slot_token: str) -> None:
+        """The call was finished elsewhere (the local limiter, during an outage): its hold is no longer kept alive and
+        lapses on the store within HOLD_TTL."""
+        self._taken.pop(slot_token, None)
 
     async def close(self) -> None:
         """Wait for the leases being taken, give every lease back (holds still in use go back as their calls
@@ -453,7 +461,10 @@ class LeasedLimiter:
         if self._taken and now - self._kept_at >= KEEP_SECONDS and not everything:
             self._kept_at = now
             by_slot: dict[str, list[str]] = {}
-            for token, (slot_key, _) in self._taken.items():
+            for token, (slot_key, taken) in list(self._taken.items()):
+                if now - taken >= MAX_CALL_SECONDS:  # a backstop: no call lasts this long; let it lapse
+                    del self._taken[token]
+                    continue
                 by_slot.setdefault(slot_key, []).append(token)
             for slot_key, tokens in by_slot.items():
                 self._returns.keep(slot_key, tokens, HOLD_TTL, now)

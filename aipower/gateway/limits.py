@@ -79,6 +79,9 @@ class RateLimiter(Protocol):
     async def close(self) -> None:
         """Give back what this process holds of shared limits; nothing is admitted here afterwards."""
 
+    def forget(self, slot_token: str) -> None:
+        """A call holding `slot_token` was finished elsewhere (during an outage): stop keeping its hold alive."""
+
 
 _PRUNE_ABOVE = 100_000
 
@@ -141,6 +144,9 @@ class LocalLimiter:
 
     async def close(self) -> None:
         """Nothing to give back: the counters live and end with this process."""
+
+    def forget(self, slot_token: str) -> None:
+        """Nothing kept alive here."""
 
     def _add(self, key: str, window_seconds: int, cost: int) -> None:
         end, used = self._current(key, self._clock(), window_seconds)

@@ -126,6 +126,9 @@ class RedisLimiter:
     async def close(self) -> None:
         await self._pipeline.close()
 
+    def forget(self, slot_token: str) -> None:
+        """Nothing kept alive here: a hold frees itself at its deadline."""
+
     async def add(self, key: str, window_seconds: int, cost: int) -> None:
         await self.finish(None, [Check(key, 0, window_seconds, cost)])
 
@@ -166,17 +169,28 @@ class FallbackLimiter:
 
     async def finish(self, slot_key: str | None, usage: Sequence[Check], slot_token: str = "") -> None:
         """A slot goes back where it was taken, whichever is up now: on Redis (its token) or in this process (during
-        an outage, no token). One taken on Redis and finished during an outage frees itself at its deadline."""
+        an outage, no token). One taken on Redis and finished during an outage frees itself at its deadline: the
+        Redis side is told to stop keeping it alive."""
         if slot_key is not None and not slot_token:
             self._local.finish_now(slot_key, [])
             slot_key = None
+        reached = False
 
         def release(limiter: RateLimiter) -> Awaitable[None]:
+            nonlocal reached
+            reached = reached or limiter is not self._local
             on_redis = slot_key if limiter is not self._local else None
             return limiter.finish(on_redis, usage, slot_token)
 
-        if slot_key is not None or usage:
-            await self._outage.run(release)
+        try:
+            if slot_key is not None or usage:
+                await self._outage.run(release)
+        finally:
+            if slot_token and not reached:
+                self._primary.forget(slot_token)
+
+    def forget(self, slot_token: str) -> None:
+        self._primary.forget(slot_token)
 
 
 def _probe(limiter: RateLimiter) -> Awaitable[Window]:

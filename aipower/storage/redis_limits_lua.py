@@ -130,11 +130,12 @@ return 1
 """
 )
 # Slot holds a live process keeps: each moved to a new deadline, if still held. KEYS[1]: the slot. Numbers: deadline,
-# ttl (whole seconds); ARGV[2...]: the tokens. A hold already freed at its deadline stays free.
+# ttl (whole seconds); ARGV[2...]: the tokens. A hold already freed at its deadline stays free; a deadline only moves
+# later (a clock stepped back shortens nothing).
 KEEP = (
     _NUMBERS
     + """
-for j = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', a[1], ARGV[j]) end
+for j = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', 'GT', a[1], ARGV[j]) end
 if redis.call('TTL', KEYS[1]) < a[2] then redis.call('EXPIRE', KEYS[1], a[2]) end
 return 1
 """

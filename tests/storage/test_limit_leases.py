@@ -407,3 +407,24 @@ async def test_a_live_process_keeps_its_holds(clients: list[Redis], prefix: str)
     await replicas[0].finish(slot.key, [], batch.slot_token)
     await replicas[0].close()
     assert await clients[2].zcard(key) == 0
+
+
+async def test_a_call_finished_during_an_outage_is_not_kept_alive(
+    clients: list[Redis], prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished while the limits are on the local fallback, a call's hold is no longer kept alive: it lapses within
+    HOLD_TTL instead of holding its place for as long as the process lives."""
+    monkeypatch.setattr(limit_leases, "HOLD_TTL", 2)
+    monkeypatch.setattr(limit_leases, "KEEP_SECONDS", 0.5)
+    source = Gated(clients[0], prefix)
+    limiter = redis_limits.FallbackLimiter(LeasedLimiter(source, clock=clock), "open")
+    slot = Slot("conc:key_ag", 1)
+    call = await limiter.admit([], slot)
+    assert call.admitted
+    source.leases_fail = 1
+    await limiter.admit([Check("rpm:k:other", 1000, 60)])  # Redis fails: the outage starts, local counters meanwhile
+    await limiter.finish(slot.key, [], call.slot_token)  # on the local fallback
+    await asyncio.sleep(4 * limit_leases.IDLE_SECONDS)
+    plain = redis_limits.RedisLimiter(clients[2], prefix, clock=clock)
+    assert (await plain.admit([], slot)).admitted  # the place lapsed on Redis
+    await limiter.close()

@@ -52,7 +52,7 @@ class Returns:
         self._sending: set[asyncio.Future[None]] = set()
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6)
-        self._failing = False
+        self._failing: set[str] = set()  # what is failing now (give-backs, keeps): logged once each
 
     def unused(self, check: Check, at: float) -> None:
         if check.cost > 0:
@@ -103,24 +103,25 @@ class Returns:
 
     def _kept(self, keeping: asyncio.Future[None]) -> None:
         self._sending.discard(keeping)
-        self._note(keeping, "could not keep slot holds")
+        self._note(keeping, "keeping slot holds")
 
     def _sent(self, s: _Send, sending: asyncio.Future[None]) -> None:
         self._sending.discard(sending)
-        if self._note(sending, "could not give leases back; trying again"):
+        if self._note(sending, "giving leases back (sent again until it arrives)"):
             self._again.append(s)
 
     def _note(self, done: asyncio.Future[None], what: str) -> bool:
-        """Whether `done` failed; logged once until a send succeeds again (not once a second during an outage)."""
+        """Whether `done` failed; logged once until a send of its kind succeeds again (not once a second during an
+        outage)."""
         if done.cancelled():
             return False
         error = done.exception()
         if error is None:
-            if self._failing:
-                self._failing = False
-                logger.warning("limits: leases are given back and kept again")
+            if what in self._failing:
+                self._failing.discard(what)
+                logger.warning("limits: %s: works again", what)
             return False
-        if not self._failing:
-            self._failing = True
+        if what not in self._failing:
+            self._failing.add(what)
             logger.warning("limits: %s (%s)", what, type(error).__name__)
         return True

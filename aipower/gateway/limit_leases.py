@@ -129,9 +129,8 @@ class LeasedLimiter:
         self._clock = clock
         self._allowances: dict[tuple[str, int], _Allowance] = {}
         self._free: dict[str, deque[_Hold]] = {}  # slot key -> holds no call is using, longest free first
-        self._taken: dict[
-            str, tuple[str, float]
-        ] = {}  # token -> (slot key, when granted): every hold here, used or free
+        # token -> (slot key, when granted), for every hold here, in use by a call or free
+        self._taken: dict[str, tuple[str, float]] = {}
         self._kept_at = 0.0  # when the holds' deadlines were last moved on
         self._flights: dict[tuple[tuple[str, ...], str], asyncio.Future[Outcome]] = {}  # leases being taken, by key
         self._leasing = 0  # admissions between asking the source and keeping what it granted (close waits for them)
@@ -280,7 +279,7 @@ class LeasedLimiter:
                 raise
             outcome = "granted" if lease.batch.admitted else "refused"
             if outcome == "refused":
-                return self._refused(checks, taken, asked, lease, now)
+                return self._refused(checks, asked, lease, now)
             return self._merge(checks, held, [a.cost for a in ask], asked, slot, lease, hold, now)
         finally:
             if outcome != "granted":
@@ -401,9 +400,7 @@ class LeasedLimiter:
             self._add_holds(slot.key, [lease.batch.slot_token, *lease.spare_slots], now)
         self._schedule()
 
-    def _refused(
-        self, checks: Sequence[Check], taken: Sequence[int], asked: Sequence[int], lease: Lease, now: float
-    ) -> Batch:
+    def _refused(self, checks: Sequence[Check], asked: Sequence[int], lease: Lease, now: float) -> Batch:
         """A refused call's windows: the source's for those it was asked about; the others passed (as they stand)."""
         answers = dict(zip(asked, lease.batch.windows, strict=True))
         windows = []
@@ -415,7 +412,7 @@ class LeasedLimiter:
 
     def _take(self, usage: Check, now: float) -> bool:
         """Count `usage` here if this process holds a lease of its window: from what is left of it, and past that as
-        owed (paid from the next lease of the window, or added on the source within a second)."""
+        owed (sent with the next call that asks the source for this window, or by the sweep within a second)."""
         a = self._live(usage, now)
         if a is None:
             return False

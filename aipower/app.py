@@ -79,7 +79,7 @@ def create_app(settings: Settings) -> Starlette:
         deployments,
         redis,
         settings.demo_key,
-        SqlLedger(ledger_engine),
+        SqlLedger(ledger_engine, spares=settings.spare_holds),
         ledger_engine,
         limiter,
     )

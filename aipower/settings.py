@@ -32,6 +32,7 @@ class Settings:
     redis_prefix: str = "aipower:"
     redis_failure_policy: str = "open"  # open: fall back to in-process limits; closed: answer 503
     redis_limit_leases: bool = True  # admit most calls from leases of the shared limits (gateway.limit_leases)
+    spare_holds: bool = True  # a lone call's settle takes its key's next hold (storage.ledger_spares)
     rate_window_seconds: int = 60
     default_rpm: int = 600
     default_tpm: int = 1_000_000
@@ -74,6 +75,7 @@ ENV: Mapping[str, str] = {
     "redis_prefix": "AIPOWER_REDIS_PREFIX",
     "redis_failure_policy": "AIPOWER_REDIS_FAILURE_POLICY",
     "redis_limit_leases": "AIPOWER_REDIS_LIMIT_LEASES",
+    "spare_holds": "AIPOWER_SPARE_HOLDS",
     "rate_window_seconds": "AIPOWER_RATE_WINDOW_SECONDS",
     "default_rpm": "AIPOWER_DEFAULT_RPM",
     "default_tpm": "AIPOWER_DEFAULT_TPM",

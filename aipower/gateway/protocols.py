@@ -24,6 +24,8 @@ class Caller:
     is_demo: bool = False  # the public demo key
     client_ip: str | None = None  # set per request by the API layer
     lifetime_topup_nanos: int | None = None  # the user's top-ups so far (None: unknown, routing does not narrow)
+    spend_limit_nanos: int | None = None  # the key's spend limit (None: none), as the key lookup read it
+    daily_cap_nanos: int | None = None  # the user's daily cap (None: none), as the key lookup read it
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,9 @@ class HoldRequest:
     trial_eligible: bool
     unlock_nanos: int | None  # premium model: lifetime top-ups needed; None for free-tier models
     demo: bool = False  # the public demo key: free to the caller, recorded against the demo account
+    # The key's spend limit and the user's daily cap as the caller's key lookup read them: a spare hold (storage.
+    # ledger_spares) serves only a call that saw the same ones as the call whose settle took it.
+    budget: tuple[int | None, int | None] = (None, None)
 
 
 @dataclass(frozen=True, slots=True)

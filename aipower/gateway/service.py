@@ -199,6 +199,7 @@ class Gateway:
                     trial_eligible=free,
                     unlock_nanos=None if free else self._unlock_nanos,
                     demo=call.caller.is_demo,
+                    budget=(call.caller.spend_limit_nanos, call.caller.daily_cap_nanos),
                 )
             )
         except BaseException:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aipower import money
@@ -14,6 +15,7 @@ from aipower.catalog import BillingRules
 from aipower.gateway import billing
 from aipower.gateway.protocols import Balance
 from aipower.storage.ledger import _append, today
+from aipower.storage.ledger_sql import SPARE_MODE
 from aipower.storage.tables import holds, ledger, users
 
 u = users.c
@@ -81,25 +83,36 @@ async def set_cap(engine: AsyncEngine, user_id: int, usd: Decimal | None) -> Non
 
 
 async def balance(engine: AsyncEngine, user_id: int) -> Balance:
+    """The account as its owner sees it. Spare holds (storage.ledger_spares: taken for a key's next call, released
+    unused within a second) count as balance, not as held or spent: the balance after a call is what it was less that
+    call's charge."""
     day = today()
+    spare = holds.c.mode == SPARE_MODE
     async with engine.connect() as conn:
         row = (await conn.execute(select(users).where(u.id == user_id))).one()
-        held = (
+        held, spared, spared_today = (
             await conn.execute(
-                select(func.coalesce(func.sum(holds.c.amount_nanos), 0)).where(
-                    holds.c.user_id == user_id, holds.c.settled_at.is_(None)
-                )
+                select(
+                    _sum(case((spare, 0), else_=holds.c.amount_nanos)),
+                    _sum(case((spare, holds.c.amount_nanos), else_=0)),
+                    _sum(case((spare & (holds.c.spend_day == day), holds.c.amount_nanos), else_=0)),
+                ).where(holds.c.user_id == user_id, holds.c.settled_at.is_(None))
             )
-        ).scalar_one()
+        ).one()
+    spent_today = row.spend_day_nanos if row.spend_day == day else 0
     return Balance(
         user_id=user_id,
-        balance_nanos=row.balance_nanos,
+        balance_nanos=row.balance_nanos + int(spared),
         held_nanos=int(held),
         lifetime_topup_nanos=row.lifetime_topup_nanos,
         trial_calls_left=row.trial_calls_left,
         daily_cap_nanos=row.daily_cap_nanos,
-        spent_today_nanos=row.spend_day_nanos if row.spend_day == day else 0,
+        spent_today_nanos=max(0, spent_today - int(spared_today)),
     )
+
+
+def _sum(value: Any) -> Any:
+    return func.coalesce(func.sum(value), 0)
 
 
 async def verify(engine: AsyncEngine) -> list[Discrepancy]:

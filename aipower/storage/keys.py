@@ -103,6 +103,8 @@ class SqlKeyStore:
             u.rpm.label("user_rpm"),
             u.tpm.label("user_tpm"),
             u.lifetime_topup_nanos,  # routing's free-tier check, without another query per request
+            k.spend_limit_nanos,  # these two: which spare holds a call may use (storage.ledger_spares)
+            u.daily_cap_nanos,
         ).join_from(api_keys, users, users.c.id == k.user_id)
 
     async def find(self, digest: str) -> Caller | None:
@@ -126,6 +128,8 @@ class SqlKeyStore:
             allowed_models=frozenset(json.loads(row.allowed_models)) if row.allowed_models else None,
             limits=Limits(row.rpm, row.tpm, row.user_rpm, row.user_tpm),
             lifetime_topup_nanos=row.lifetime_topup_nanos,
+            spend_limit_nanos=row.spend_limit_nanos,
+            daily_cap_nanos=row.daily_cap_nanos,
         )
 
 

@@ -38,11 +38,12 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from aipower.errors import GatewayError
+from aipower.errors import GatewayError, InsufficientCredit
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
-from aipower.storage import db, ledger_alone
+from aipower.storage import db, ledger_alone, ledger_spares
 from aipower.storage.batch import AlchemyBatch
-from aipower.storage.ledger_sql import Release, Result, Settle, run_batch
+from aipower.storage.ledger_spares import Spares
+from aipower.storage.ledger_sql import Release, Result, Settle, Spare, run_batch
 from aipower.storage.tables import holds, ledger
 
 Op = TypeVar("Op")
@@ -59,9 +60,12 @@ class _Waiting(Generic[Op]):
 
 
 class SqlLedger:
-    def __init__(self, engine: AsyncEngine, max_batch: int = 256, *, together: bool = True) -> None:
+    def __init__(
+        self, engine: AsyncEngine, max_batch: int = 256, *, together: bool = True, spares: bool = False
+    ) -> None:
         """`together` (PostgreSQL): a batch's paid settles and reserves go as two pipelines of the lone-call
-        statements (`_together`); without it every batch is the general one (ledger_sql), as tests need to reach."""
+        statements (`_together`); without it every batch is the general one (ledger_sql), as tests need to reach.
+        `spares`: a lone call's settle takes its key's next hold (storage.ledger_spares)."""
         self._transactions = db.transactions(engine)
         self._max_batch = max_batch
         self._settles: list[_Waiting[Settle]] = []
@@ -73,20 +77,32 @@ class SqlLedger:
         self._in_flight = 0  # calls between reserve() and settle(): more than one, and batching pays
         driver = self._transactions
         self._alone = driver if isinstance(driver, db.DriverTransactions) else None  # PostgreSQL's one-statement path
-        self._alone_running: set[asyncio.Future[Hold | None]] = set()  # lone reserves still running (close waits)
+        self._alone_running: set[asyncio.Future[Any]] = set()  # lone statements still running (close waits)
         self._together_on = together
+        self._spares = Spares() if spares else None
+        self._expiry: asyncio.TimerHandle | None = None  # the next check for idle spares
+        self._closing = False
 
     async def reserve(self, request: HoldRequest) -> Hold:
         mode: BillingMode = "demo" if request.demo else "balance"
         amount = 0 if request.demo else request.amount
-        hold_id = f"{self._id_prefix}{next(self._serial):08x}"
-        hold = Hold(hold_id, request.user_id, request.key_id, amount, mode, today())
+        day = today()
+        if self._spares is not None and (spare := self._spares.take(request, day)) is not None:
+            self._in_flight += 1  # the key's spare hold is this call's: nothing to write
+            self._spares.reserved(request, spare)
+            return spare
+        hold = Hold(self._new_id(), request.user_id, request.key_id, amount, mode, day)
         self._in_flight += 1
         try:
             done = self._run_now([], [(request, hold)])
             if done is None and self._alone is not None and self._lone() and ledger_alone.may_reserve_alone(request):
                 done = await self._reserve_alone(self._alone, request, hold)
-            result = done[0] if done is not None else await self._queue(self._reserves, (request, hold))
+            try:
+                result = done[0] if done is not None else await self._queue(self._reserves, (request, hold))
+            except InsufficientCredit as refused:  # the writer's batches answer a refusal by raising it
+                result = refused
+            if isinstance(result, InsufficientCredit) and self._give_back_spares(request.user_id):
+                result = await self._queue(self._reserves, (request, hold))  # in the batch that gives them back
         except BaseException:
             self._in_flight -= 1
             raise
@@ -94,7 +110,23 @@ class SqlLedger:
             self._in_flight -= 1
             raise result
         assert isinstance(result, Hold)
+        if self._spares is not None:
+            self._spares.reserved(request, result)
         return result
+
+    def _give_back_spares(self, user_id: int) -> bool:
+        """A call of this user was refused: this process's spare holds of the user may be what it lacked. They go
+        back, ahead of the call's second try in the writer's next batch (one transaction: releases first). False if
+        there were none."""
+        if self._spares is None:
+            return False
+        spares = self._spares.of_user(user_id)
+        for hold in spares:
+            self._release_later(hold, "spare hold given back for a refused call")
+        return bool(spares)
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._serial):08x}"
 
     async def settle(self, settlement: Settlement) -> int:
         """The charge, once it is committed (0 if the hold was already settled)."""
@@ -104,43 +136,114 @@ class SqlLedger:
         try:
             done = None
             if self._alone is not None and self._lone() and ledger_alone.may_settle_alone(settlement):
-                charged = await ledger_alone.settle(self._alone.alone, settlement=settlement, now=_now())
-                done = None if charged is None else [charged]
+                done = await self._settle_alone(self._alone, settlement)
             result = done[0] if done is not None else await self._queue(self._settles, settlement)
         finally:
             self._in_flight = max(0, self._in_flight - 1)
+            if self._spares is not None:
+                self._spares.forget(settlement.hold)
         assert result is None or isinstance(result, int)
         return result or 0
+
+    async def _settle_alone(self, alone: db.DriverTransactions, settlement: Settlement) -> list[Result] | None:
+        """PostgreSQL's one-statement settle, taking the key's next spare with it when it may."""
+        spare = self._spare_for(settlement)
+        if spare is None:
+            charged = await ledger_alone.settle(alone.alone, settlement=settlement, now=_now())
+            return None if charged is None else [charged]
+        work = ledger_alone.settle_with_spare(alone.alone, settlement=settlement, spare=spare, now=_now())
+        running = asyncio.ensure_future(work)
+        self._alone_running.add(running)  # close() waits for it
+        running.add_done_callback(self._alone_running.discard)
+        running.add_done_callback(partial(self._spare_settled, spare))  # even if this caller is cancelled
+        outcome = await asyncio.shield(running)
+        return None if outcome is None else [outcome[0]]
+
+    def _spare_settled(self, spare: Spare, running: asyncio.Future[tuple[int, Hold | None] | None]) -> None:
+        """Keep the spare the settle took. (If its outcome is unknown, a spare it may have taken is left to repair, as
+        a lone reserve's is.)"""
+        if running.cancelled() or running.exception() is not None:
+            return
+        outcome = running.result()
+        if outcome is not None and outcome[1] is not None:
+            self._keep_spare(spare)
 
     def settle_now(self, settlement: Settlement) -> int | None:
         """The charge, committed right here when the backend can without waiting (a lone call on SQLite with the
         write lock free); None: nothing was done, settle() will."""
+        spare = self._spare_for(settlement) if self._alone is None else None  # PostgreSQL: nothing runs here
         try:
-            done = self._run_now([settlement], [])
+            done = self._run_now([settlement], [], [spare] if spare is not None else [])
         except BaseException:
             self._in_flight = max(0, self._in_flight - 1)
             raise
         if done is None:
             return None
         self._in_flight = max(0, self._in_flight - 1)
+        if spare is not None and done[1] is not None:
+            self._keep_spare(spare)
         result = done[0]
         assert result is None or isinstance(result, int)
         return result or 0
 
+    def _spare_for(self, settlement: Settlement) -> Spare | None:
+        """The spare hold this settle may take: for a lone call's paid hold whose key has none, charged at most its
+        hold (a charge above it takes the balance first), not while closing."""
+        if self._spares is None or self._closing or not self._lone():
+            return None
+        if settlement.charge > settlement.hold.amount:
+            self._spares.forget(settlement.hold)
+            return None
+        return self._spares.settling(settlement.hold, self._new_id(), today())
+
+    def _keep_spare(self, spare: Spare) -> None:
+        assert self._spares is not None
+        if self._closing:  # taken by a settle close() waited for: it goes back with the rest
+            self._release_later(spare.hold, "spare hold not used")
+            self._start_writer()
+            return
+        self._spares.put(spare)
+        if self._expiry is None:
+            self._expiry = asyncio.get_running_loop().call_later(ledger_spares.IDLE_SECONDS, self._expire_spares)
+
+    def _expire_spares(self) -> None:
+        """Release the spares unused for a while (the writer's next batch, no charge); check again while any are
+        held."""
+        self._expiry = None
+        if self._spares is None:
+            return
+        stale = self._spares.expired()
+        for hold in stale:
+            self._release_later(hold, "spare hold not used")
+        if stale:
+            self._start_writer()
+        if len(self._spares):
+            self._expiry = asyncio.get_running_loop().call_later(ledger_spares.IDLE_SECONDS, self._expire_spares)
+
     async def close(self) -> None:
-        """Wait for the queued work to commit, then close the writer's connection."""
-        await asyncio.gather(*self._alone_running, return_exceptions=True)
+        """Release the spare holds, wait for the queued work to commit, then close the writer's connection."""
+        self._closing = True  # no settle takes a spare from now on
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        await asyncio.gather(*self._alone_running, return_exceptions=True)  # lone statements (their spares go back)
+        if self._spares is not None:
+            for hold in self._spares.drain():
+                self._release_later(hold, "spare hold not used")
+            self._start_writer()
         if self._writer is not None:
             await self._writer
         await self._transactions.close()
 
-    def _run_now(self, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> list[Result] | None:
+    def _run_now(
+        self, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]], spares: Sequence[Spare] = ()
+    ) -> list[Result] | None:
         """A lone call's operation runs right here when the backend can do it without waiting (SQLite with the write
         lock free): no writer task, no future. None otherwise; also when other calls are in flight, whose operations
         are better committed together."""
         if not self._lone():
             return None
-        work = partial(run_batch, settles=settles, reserves=reserves)
+        work = partial(run_batch, settles=settles, reserves=reserves, spares=spares)
         return self._transactions.run_now(work, 1, durable=bool(settles))
 
     def _lone(self) -> bool:
@@ -171,7 +274,7 @@ class SqlLedger:
         if not running.done() or running.cancelled() or running.exception() is not None:
             return
         if isinstance(taken := running.result(), Hold):
-            self._release_later(taken)
+            self._release_later(taken, "caller went away")
             self._start_writer()
 
     async def _queue(self, queue: list[_Waiting[Op]], op: Op) -> Result:
@@ -263,14 +366,15 @@ class SqlLedger:
 
     def _deliver(self, answer: asyncio.Future[Result], result: Result | Exception) -> None:
         if answer.cancelled() and isinstance(result, Hold):
-            self._release_later(result)
+            self._release_later(result, "caller went away")
         _answer(answer, result)
 
-    def _release_later(self, hold: Hold) -> None:
-        """A reserve committed after its caller went away: the next batch releases the hold, uncharged."""
+    def _release_later(self, hold: Hold, note: str) -> None:
+        """A hold nobody will use (a reserve committed after its caller went away, an idle spare): the next batch
+        releases it, uncharged."""
         answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         answer.add_done_callback(_consume)
-        self._settles.append(_Waiting(Release(hold, hold.id, "caller went away"), answer))
+        self._settles.append(_Waiting(Release(hold, hold.id, note), answer))
 
 
 async def _nothing() -> list[Any]:
@@ -317,4 +421,6 @@ def _mode(text: str) -> BillingMode:
     match text:
         case "trial" | "demo" | "balance":
             return text
+        case "spare":  # storage.ledger_spares: a balance hold taken for a key's next call
+            return "balance"
     raise ValueError(f"unknown billing mode {text!r}")

@@ -27,6 +27,7 @@ from sqlalchemy import BigInteger, Boolean, Integer, String, bindparam, func, in
 from sqlalchemy.sql.expression import Executable
 
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
+from aipower.storage.ledger_sql import Spare
 from aipower.storage.request_log import entry_columns, row_of
 from aipower.storage.tables import holds, request_log
 
@@ -87,6 +88,25 @@ SETTLE_ALONE: Executable = _SETTLE_AND_LOG
 _logged = _SETTLE_AND_LOG.cte("logged")
 # The same, answering one row for every call (its charge, or NULL if it did nothing), as a pipeline needs.
 SETTLE_ALONE_ROW: Executable = select(select(_logged.c.charged_nanos).scalar_subquery())
+# The same, then a spare hold for the key's next call (migration 0007), only if the settle closed its hold: no row
+# when it did nothing, else (the charge, whether the spare was taken). The function runs for the row the INSERT
+# returns, so after the settle, in the same transaction (which commits durably, for the settle).
+SETTLE_WITH_SPARE: Executable = select(
+    _logged.c.charged_nanos,
+    _call(
+        "aipower_take_spare",
+        ("s_uid", _I),
+        ("s_kid", _S),
+        ("s_hid", _S),
+        ("s_rid", _S),
+        ("s_amount", _B),
+        ("s_room", _B),
+        ("s_unlock", _B),
+        ("s_day", _S),
+        ("s_now", _NOW),
+        ("s_trial", Boolean),
+    ),
+).select_from(_logged)
 
 
 def may_reserve_alone(request: HoldRequest) -> bool:
@@ -161,6 +181,22 @@ async def settle(fetch: Fetch, *, settlement: Settlement, now: Any) -> int | Non
     """The charge, or None if nothing was done (the hold was not open): then the general batch decides."""
     rows = await fetch(SETTLE_ALONE, _settle_params(settlement, now))
     return int(rows[0][0]) if rows else None
+
+
+async def settle_with_spare(
+    fetch: Fetch, *, settlement: Settlement, spare: Spare, now: Any
+) -> tuple[int, Hold | None] | None:
+    """The charge and the spare hold if it was taken; None if nothing was done (the hold was not open)."""
+    hold, request = spare.hold, spare.request
+    params = _settle_params(settlement, now)
+    params.update(s_uid=hold.user_id, s_kid=hold.key_id, s_hid=hold.id, s_rid=request.request_id,
+                  s_amount=hold.amount, s_room=spare.room, s_unlock=request.unlock_nanos or 0, s_day=hold.day,
+                  s_now=now, s_trial=request.trial_eligible)  # fmt: skip
+    rows = await fetch(SETTLE_WITH_SPARE, params)
+    if not rows:
+        return None
+    charged, taken = rows[0]
+    return int(charged), hold if taken else None
 
 
 async def settle_many(fetch_many: FetchMany, settlements: Sequence[Settlement], now: Any) -> list[int | None]:

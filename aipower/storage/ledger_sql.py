@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import Boolean, ColumnElement, Update, bindparam, case, false, func, insert, select, update
 
 from aipower import money
 from aipower.errors import GatewayError, InsufficientCredit, PermissionDenied
@@ -39,34 +39,56 @@ from aipower.storage.tables import api_keys, holds, ledger, request_log, users
 logger = logging.getLogger(__name__)
 
 u, k, h = users.c, api_keys.c, holds.c
+SPARE_MODE = "spare"  # holds.mode of a spare hold (storage.ledger_spares); in memory its mode is "balance"
 _SPENT_TODAY = case((u.spend_day == bindparam("p_day"), u.spend_day_nanos), else_=0)
-TAKE_BALANCE = (
-    update(users)
-    .where(
-        u.id == bindparam("p_uid"),
-        u.lifetime_topup_nanos >= bindparam("p_unlock"),  # the premium unlock (0: none needed)
-        u.balance_nanos >= bindparam("p_amount"),
-        (u.daily_cap_nanos.is_(None)) | (_SPENT_TODAY + bindparam("p_amount") <= u.daily_cap_nanos),
+
+
+def _take_from_user(room: str, *guards: ColumnElement[bool]) -> Update:
+    """Take `p_amount` from the balance into the day's spend, if the premium unlock is met and the balance and the
+    day's cap have `room` (a bind name) left."""
+    return (
+        update(users)
+        .where(
+            u.id == bindparam("p_uid"),
+            u.lifetime_topup_nanos >= bindparam("p_unlock"),  # the premium unlock (0: none needed)
+            u.balance_nanos >= bindparam(room),
+            *guards,
+            (u.daily_cap_nanos.is_(None)) | (_SPENT_TODAY + bindparam(room) <= u.daily_cap_nanos),
+        )
+        .values(
+            balance_nanos=u.balance_nanos - bindparam("p_amount"),
+            spend_day_nanos=_SPENT_TODAY + bindparam("p_amount"),
+            spend_day=bindparam("p_day"),
+        )
     )
-    .values(
-        balance_nanos=u.balance_nanos - bindparam("p_amount"),
-        spend_day_nanos=_SPENT_TODAY + bindparam("p_amount"),
-        spend_day=bindparam("p_day"),
+
+
+def _take_from_key(room: str) -> Update:
+    """Add `p_amount` to the key's spend, if its spend limit has `room` (a bind name) left."""
+    return (
+        update(api_keys)
+        .where(
+            k.id == bindparam("p_kid"),
+            (k.spend_limit_nanos.is_(None)) | (k.spent_nanos + bindparam(room) <= k.spend_limit_nanos),
+        )
+        .values(spent_nanos=k.spent_nanos + bindparam("p_amount"))
     )
-)
-TAKE_KEY_BUDGET = (
-    update(api_keys)
-    .where(
-        k.id == bindparam("p_kid"),
-        (k.spend_limit_nanos.is_(None)) | (k.spent_nanos + bindparam("p_amount") <= k.spend_limit_nanos),
-    )
-    .values(spent_nanos=k.spent_nanos + bindparam("p_amount"))
-)
+
+
+TAKE_BALANCE = _take_from_user("p_amount")
+TAKE_KEY_BUDGET = _take_from_key("p_amount")
 TAKE_TRIAL = (
     update(users)
     .where(u.id == bindparam("p_uid"), u.trial_calls_left > 0)
     .values(trial_calls_left=u.trial_calls_left - 1)
 )
+# A spare hold (storage.ledger_spares): taken only while the account has room for `p_room` (several such holds) in
+# its balance, its day's cap and the key's spend limit, and only from a user with no trial call left when the call
+# may use one; it refuses nothing, it just is not taken.
+TAKE_SPARE_BALANCE = _take_from_user(
+    "p_room", (bindparam("p_trial", type_=Boolean) == false()) | (u.trial_calls_left <= 0)
+)
+TAKE_SPARE_KEY = _take_from_key("p_room")
 GIVE_TRIAL = update(users).where(u.id == bindparam("p_uid")).values(trial_calls_left=u.trial_calls_left + 1)
 TRIALS_AND_TOPUPS = select(u.trial_calls_left, u.lifetime_topup_nanos).where(u.id == bindparam("p_uid"))
 ACCOUNT = select(u.balance_nanos, u.spend_day, u.spend_day_nanos, u.daily_cap_nanos, u.lifetime_topup_nanos).where(
@@ -120,6 +142,15 @@ class Release:
     note: str
 
 
+@dataclass(frozen=True, slots=True)
+class Spare:
+    """A hold to take for a key's next call (storage.ledger_spares), if the account has `room` to spare."""
+
+    request: HoldRequest
+    hold: Hold
+    room: int
+
+
 @dataclass(slots=True)
 class _Writes:
     """Rows a batch writes with one executemany each, just before it commits."""
@@ -138,16 +169,22 @@ class _Writes:
             conn.run_many(RETURN_TO_USER, self.to_users)
             self.to_users = []
 
-    def flush(self, conn: BatchConnection) -> None:
+    def flush_refunds(self, conn: BatchConnection) -> None:
+        """What the settles gave back to balances and keys' spend, so that a reserve of the same batch can use it."""
         self.flush_balances(conn)
         keys = [
             {"p_kid": kid, "p_delta": self.to_keys.get(kid, 0), "p_now": self.stamps.get(kid)}
             for kid in sorted(self.to_keys.keys() | self.stamps.keys())
         ]
+        if keys:
+            conn.run_many(SETTLE_KEY, keys)
+        self.to_keys, self.stamps = {}, {}
+
+    def flush(self, conn: BatchConnection) -> None:
+        self.flush_refunds(conn)
         for statement, rows in (
             (INSERT_HOLD, self.holds),
             (CLOSE_HOLD, self.closed),
-            (SETTLE_KEY, keys),
             (INSERT_LEDGER, self.ledger),
             (INSERT_LOG, self.log),
         ):
@@ -160,9 +197,13 @@ Result = Hold | int | GatewayError | None  # None: the hold was already settled
 
 
 def run_batch(
-    conn: BatchConnection, settles: Sequence[Settle], reserves: Sequence[tuple[HoldRequest, Hold]]
+    conn: BatchConnection,
+    settles: Sequence[Settle],
+    reserves: Sequence[tuple[HoldRequest, Hold]],
+    spares: Sequence[Spare] = (),
 ) -> list[Result]:
-    """Settle, then reserve, in one transaction; one result per operation (settles first), in order.
+    """Settle, then reserve, then take spare holds, in one transaction; one result per operation (settles first), in
+    order. A spare's result is its hold, or None when it was not taken.
 
     A refused reserve (402/403) is its result, not an exception: it changed nothing, and the batch goes on.
     """
@@ -171,11 +212,29 @@ def run_batch(
     results: list[Result] = []
     if settles:
         results.extend(_settle_all(conn, settles, writes, users))  # locks its holds, then the users
+        if reserves or spares:
+            writes.flush_refunds(conn)  # the reserves' guards see what the settles gave back (users, then keys)
     else:
         _lock_users(conn, users)
     results.extend(_reserve_all(conn, reserves, writes))
+    results.extend(_take_spare(conn, spare, writes) for spare in spares)
     writes.flush(conn)
     return results
+
+
+def _take_spare(conn: BatchConnection, spare: Spare, writes: _Writes) -> Hold | None:
+    request, hold = spare.request, spare.hold
+    params = {"p_uid": hold.user_id, "p_unlock": request.unlock_nanos or 0, "p_room": spare.room,
+              "p_trial": request.trial_eligible, "p_amount": hold.amount, "p_day": hold.day}  # fmt: skip
+    if conn.run(TAKE_SPARE_BALANCE, params) != 1:
+        return None
+    if conn.run(TAKE_SPARE_KEY, {"p_kid": hold.key_id, "p_room": spare.room, "p_amount": hold.amount}) != 1:
+        conn.run(RETURN_TO_USER, {"p_uid": hold.user_id, "p_delta": hold.amount, "p_day": hold.day})
+        return None
+    row = _hold_row(hold, request.request_id, writes.now)
+    row["mode"] = SPARE_MODE  # a balance hold; reports count it as balance until a call settles it
+    writes.holds.append(row)
+    return hold
 
 
 def _users_to_lock(

@@ -68,7 +68,7 @@ holds = Table(
     Column("key_id", String(32), nullable=False),
     Column("request_id", String(64), nullable=False),
     Column("amount_nanos", Money, nullable=False),
-    Column("mode", String(16), nullable=False),  # balance | trial
+    Column("mode", String(16), nullable=False),  # balance | trial | demo | spare (a balance hold: ledger_spares)
     Column("spend_day", String(10), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("settled_at", DateTime(timezone=True), nullable=True),

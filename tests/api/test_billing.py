@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from decimal import Decimal
 
 import httpx
 import openai
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.storage import keys as key_store
+from aipower.storage.tables import holds, users
 from tests.billing_helpers import balance_of, billed_calls, grant, ledger_rows, on, top_up, verify
 from tests.conftest import Gateway, create_key
 from tests.fakes.upstream import FakeUpstream, JsonReply, SlowReply, SseReply, completion, stream_chunks
@@ -262,3 +266,39 @@ def test_odd_query_parameters_are_400_naming_the_parameter(
         reply = http.get(path, params=params)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
+
+
+def test_calls_one_after_another_are_billed_exactly_and_leave_no_hold_behind(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    """Each lone call's settlement holds the key's next call (a spare hold): the balance shown after every call is
+    what it was less that call's cost, and a second after the last call nothing is held any more."""
+    email, key, _ = new_user(gateway, top_up_usd="10")
+    before = balance_of(gateway.database_url, email)
+    uid = before.user_id
+    with client(gateway, key) as sdk:
+        for n in range(1, 4):
+            sdk.chat.completions.create(model=CHEAP, messages=HELLO)
+            shown = balance_of(gateway.database_url, email)
+            assert (shown.balance_nanos, shown.held_nanos) == (before.balance_nanos - n * FAKE_COST, 0)
+            assert shown.spent_today_nanos == n * FAKE_COST
+    assert stored(gateway.database_url, uid)[1] > 0  # the spare the last settlement took, still held
+    deadline = time.monotonic() + 5
+    while stored(gateway.database_url, uid)[1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stored(gateway.database_url, uid) == (before.balance_nanos - 3 * FAKE_COST, 0)
+    assert verify(gateway.database_url) == []
+
+
+def stored(database_url: str, uid: int) -> tuple[int, int]:
+    """The user's row balance and the sum of their open holds, as the database has them."""
+
+    async def read(engine: AsyncEngine) -> tuple[int, int]:
+        async with engine.connect() as conn:
+            balance = (await conn.execute(select(users.c.balance_nanos).where(users.c.id == uid))).scalar_one()
+            query = select(func.coalesce(func.sum(holds.c.amount_nanos), 0)).where(
+                holds.c.user_id == uid, holds.c.settled_at.is_(None)
+            )
+            return int(balance), int((await conn.execute(query)).scalar_one())
+
+    return on(database_url, read)

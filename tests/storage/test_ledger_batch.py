@@ -211,9 +211,11 @@ async def test_postgresql_reserves_alone_commit_asynchronously(
     assert default != "off"
     seen: list[tuple[int, int, str]] = []
 
-    def recording(conn: BatchConnection, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> Any:
+    def recording(
+        conn: BatchConnection, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]], spares: Any = ()
+    ) -> Any:
         seen.append((len(settles), len(reserves), conn.fetch(SYNCHRONOUS_COMMIT, {})[0][0]))
-        return run_batch(conn, settles, reserves)
+        return run_batch(conn, settles, reserves, spares)
 
     monkeypatch.setattr(ledger, "run_batch", recording)
     user_id, key_id = await new_account(engine, "1")
@@ -359,9 +361,11 @@ async def test_lone_calls_that_may_use_a_trial_call_take_one_then_the_balance(
     one reserves in one statement (no batch) either way."""
     reserved_in_batches: list[int] = []
 
-    def recording(conn: BatchConnection, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]]) -> Any:
+    def recording(
+        conn: BatchConnection, settles: list[Settle], reserves: list[tuple[HoldRequest, Hold]], spares: Any = ()
+    ) -> Any:
         reserved_in_batches.append(len(reserves))
-        return run_batch(conn, settles, reserves)
+        return run_batch(conn, settles, reserves, spares)
 
     monkeypatch.setattr(ledger, "run_batch", recording)
     user_id, key_id = await new_account(engine, "1", trial_calls=2)

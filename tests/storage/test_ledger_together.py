@@ -34,9 +34,9 @@ async def test_paid_calls_under_load_go_together_and_stay_exact(
     general: list[int] = []
     run_batch = ledger_sql.run_batch
 
-    def recording_batch(conn: Any, settles: Sequence[Any], reserves: Sequence[Any]) -> Any:
+    def recording_batch(conn: Any, settles: Sequence[Any], reserves: Sequence[Any], spares: Any = ()) -> Any:
         general.append(len(settles) + len(reserves))
-        return run_batch(conn, settles, reserves)
+        return run_batch(conn, settles, reserves, spares)
 
     monkeypatch.setattr(ledger, "run_batch", recording_batch)
     groups = record_groups(monkeypatch)

@@ -26,7 +26,6 @@ itself crashes first, the hold may be lost with the balance it took; the settle 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import secrets
@@ -47,6 +46,9 @@ from aipower.storage.ledger_sql import Release, Result, Settle, Spare, run_batch
 from aipower.storage.tables import holds, ledger
 
 Op = TypeVar("Op")
+
+
+RELEASE_RETRY_SECONDS = 1.0  # a release whose batch failed is queued again after this
 
 
 def today() -> str:
@@ -371,10 +373,21 @@ class SqlLedger:
 
     def _release_later(self, hold: Hold, note: str) -> None:
         """A hold nobody will use (a reserve committed after its caller went away, an idle spare): the next batch
-        releases it, uncharged."""
+        releases it, uncharged. If that batch fails, the release is queued again a second later (until the ledger
+        closes: then repair releases it)."""
         answer: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        answer.add_done_callback(_consume)
+        answer.add_done_callback(partial(self._released, hold, note))
         self._settles.append(_Waiting(Release(hold, hold.id, note), answer))
+
+    def _released(self, hold: Hold, note: str, answer: asyncio.Future[Result]) -> None:
+        if answer.cancelled() or answer.exception() is None or self._closing:
+            return
+        asyncio.get_running_loop().call_later(RELEASE_RETRY_SECONDS, self._release_again, hold, note)
+
+    def _release_again(self, hold: Hold, note: str) -> None:
+        if not self._closing:
+            self._release_later(hold, note)
+            self._start_writer()
 
 
 async def _nothing() -> list[Any]:
@@ -392,11 +405,6 @@ def _answer(future: asyncio.Future[Result], result: Result | Exception) -> None:
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-def _consume(future: asyncio.Future[Result]) -> None:
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        future.result()
 
 
 async def _append(

@@ -23,7 +23,8 @@ call reserves nothing itself.
   guarded reserve refuses it. Until then (at most the cache's seconds) one call per key per process may still run
   on a spare taken under the old limit.
 - **Given back.** One spare per key per process. A spare unused for IDLE_SECONDS (1 s) is released, uncharged, by
-  the ledger's writer; so are all of them when the ledger closes.
+  the ledger's writer; so are all of them when the ledger closes. A release whose batch fails is queued again a
+  second later.
 - **Refusals.** A spare is really taken from the balance, the day's spend and the key's spend. So when a call is
   refused (402), this process's spares of the user go back, and the call is tried once more in the batch that
   releases them (one transaction, releases first): in one process refusals are exact. Another process's spare can

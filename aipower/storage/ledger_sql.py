@@ -169,16 +169,19 @@ class _Writes:
             conn.run_many(RETURN_TO_USER, self.to_users)
             self.to_users = []
 
-    def flush_refunds(self, conn: BatchConnection) -> None:
-        """What the settles gave back to balances and keys' spend, so that a reserve of the same batch can use it."""
+    def flush_refunds(self, conn: BatchConnection, *, stamps_too: bool = True) -> None:
+        """What the settles gave back to balances and keys' spend, so that a reserve of the same batch can use it.
+        Mid-batch (`stamps_too=False`) only the keys given something back are written: each after its user, whose row
+        the balance refund just locked. A key only stamped (a trial, demo or exactly charged call) waits for the final
+        flush, after the reserves have locked its user: written here it would be locked before its user, against
+        the lock order, and deadlock with a reserve of another process (the second review's find)."""
         self.flush_balances(conn)
+        kids = sorted(self.to_keys.keys() | self.stamps.keys()) if stamps_too else sorted(self.to_keys)
         keys = [
-            {"p_kid": kid, "p_delta": self.to_keys.get(kid, 0), "p_now": self.stamps.get(kid)}
-            for kid in sorted(self.to_keys.keys() | self.stamps.keys())
+            {"p_kid": kid, "p_delta": self.to_keys.pop(kid, 0), "p_now": self.stamps.pop(kid, None)} for kid in kids
         ]
         if keys:
             conn.run_many(SETTLE_KEY, keys)
-        self.to_keys, self.stamps = {}, {}
 
     def flush(self, conn: BatchConnection) -> None:
         self.flush_refunds(conn)
@@ -213,7 +216,7 @@ def run_batch(
     if settles:
         results.extend(_settle_all(conn, settles, writes, users))  # locks its holds, then the users
         if reserves or spares:
-            writes.flush_refunds(conn)  # the reserves' guards see what the settles gave back (users, then keys)
+            writes.flush_refunds(conn, stamps_too=False)  # the reserves' guards see what the settles gave back
     else:
         _lock_users(conn, users)
     results.extend(_reserve_all(conn, reserves, writes))

@@ -149,3 +149,79 @@ async def test_two_processes_groups_over_the_same_users_in_opposite_orders_both_
             balance = await accounts.balance(engines[0], user_id)
             assert (balance.balance_nanos, balance.held_nanos) == (USD - settled, 0)
         assert await accounts.verify(engines[0]) == []
+
+
+@pytest.mark.parametrize("kind", ["trial", "exact", "refund"])
+async def test_a_batch_writes_a_key_only_after_its_user(engine: AsyncEngine, kind: str) -> None:
+    """A settle and a reserve of one user in one batch. A settle that gives nothing back to the balance (a trial call, a
+    hold charged exactly) still stamps its key: written before the reserve locked the user, that key was locked ahead
+    of its user, and two processes deadlocked (second review of the spare holds)."""
+    user_id, key_id = await new_account(engine, "1", trial_calls=3 if kind == "trial" else 0)
+    seen: list[str] = []
+
+    class Recording:
+        def __init__(self, inner: BatchConnection) -> None:
+            self.inner = inner
+            self.locks_rows = inner.locks_rows
+
+        def note(self, statement: Any) -> None:
+            seen.append(getattr(getattr(statement, "table", None), "name", "select"))
+
+        def run(self, statement: Any, params: Any) -> int:
+            self.note(statement)
+            return self.inner.run(statement, params)
+
+        def run_many(self, statement: Any, rows: Any) -> None:
+            self.note(statement)
+            self.inner.run_many(statement, rows)
+
+        def fetch(self, statement: Any, params: Any) -> list[tuple[Any, ...]]:
+            self.note(statement)
+            return self.inner.fetch(statement, params)
+
+    runner = db.transactions(engine)
+    try:
+        first = await runner.run(
+            lambda conn: run_batch(conn, [], [held(hold_request(user_id, key_id, 1000, trial=True))])
+        )
+        [hold] = first
+        assert isinstance(hold, Hold) and hold.mode == ("trial" if kind == "trial" else "balance")
+        charge = {"trial": 0, "exact": 1000, "refund": 300}[kind]
+        settles: list[Settle] = [settlement(hold, charge)]
+        results = await runner.run(
+            lambda conn: run_batch(Recording(conn), settles, [held(hold_request(user_id, key_id, 1000))]), 2
+        )
+    finally:
+        await runner.close()
+    assert isinstance(results[1], Hold)
+    assert "api_keys" in seen and "users" in seen[: seen.index("api_keys")], seen
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_lone_settle_charged_its_whole_hold_locks_the_user_before_the_key(engine: AsyncEngine) -> None:
+    """PostgreSQL's one-statement settle of a hold charged exactly wrote no user row, so it took the key's lock before
+    (or without) the user's: in a pipeline of settles, or followed by a spare's take, it deadlocked with a reserve of
+    another process. It now waits for the user's lock first."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the one-statement settle is PostgreSQL's")
+    user_id, key_id = await new_account(engine, "1")
+    runner = db.transactions(engine)
+    assert isinstance(runner, db.DriverTransactions)
+    try:
+        [hold] = await runner.run(lambda conn: run_batch(conn, [], [held(hold_request(user_id, key_id, 1000))]))
+        assert isinstance(hold, Hold)
+        async with engine.connect() as blocker:
+            await blocker.exec_driver_sql(f"SELECT 1 FROM users WHERE id = {user_id} FOR NO KEY UPDATE")
+            settling = asyncio.ensure_future(
+                ledger_alone.settle(runner.alone, settlement=settlement(hold, 1000), now=dt.datetime.now(dt.UTC))
+            )
+            await asyncio.sleep(0.3)
+            assert not settling.done()  # waiting for the user, holding nothing of the key
+            async with engine.connect() as other:
+                await other.exec_driver_sql(f"SELECT 1 FROM api_keys WHERE id = '{key_id}' FOR NO KEY UPDATE NOWAIT")
+                await other.rollback()
+            await blocker.rollback()
+        assert await settling == 1000
+    finally:
+        await runner.close()
+    assert await accounts.verify(engine) == []

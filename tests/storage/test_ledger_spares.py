@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aipower.errors import InsufficientCredit
 from aipower.gateway.protocols import Hold
 from aipower.storage import accounts, db, keys, ledger, ledger_alone, ledger_spares
+from aipower.storage.ledger_sql import Release
 from aipower.storage.tables import holds, users
 from aipower.storage.tables import ledger as ledger_table
 from tests.storage.test_ledger import RULES, USD, hold_request, new_account, settlement
@@ -250,4 +251,34 @@ async def test_a_spare_taken_by_a_settle_in_flight_goes_back(
         await closing
     assert await open_holds(engine, user_id) == []
     assert await stored_balance(engine, user_id) == USD - 300
+    assert await accounts.verify(engine) == []
+
+
+async def test_a_release_whose_batch_failed_is_tried_again(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_spares, "IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(ledger, "RELEASE_RETRY_SECONDS", 0.05)
+    failed: list[int] = []
+    real = ledger.run_batch
+
+    def failing_once(conn: Any, settles: Any, reserves: Any, spares: Any = ()) -> Any:
+        if any(isinstance(s, Release) for s in settles) and not failed:
+            failed.append(len(settles))
+            raise RuntimeError("the database went away")
+        return real(conn, settles, reserves, spares)
+
+    monkeypatch.setattr(ledger, "run_batch", failing_once)
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine, spares=True)
+    hold = await book.reserve(hold_request(user_id, key_id, 1000))
+    await book.settle(settlement(hold, 300))
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if failed and not await open_holds(engine, user_id):
+            break
+    assert failed == [1]
+    assert await open_holds(engine, user_id) == []  # released by the second try, in the running process
+    assert await stored_balance(engine, user_id) == USD - 300
+    await book.close()
     assert await accounts.verify(engine) == []

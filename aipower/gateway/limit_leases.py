@@ -103,6 +103,7 @@ class _Allowance:
     touched: float
     owed: int = 0  # usage counted here past the lease, not yet added on the source (sent with the next ask)
     limit: int = 0  # the limit the lease was taken under: a lower one now, and the source decides
+    per_call: int = 0  # usage counted after admission (completion tokens), per call, lately: leases cover it too
 
     def fits(self, check: Check) -> bool:
         """The call stays within the limit it carries, as far as this process knows (the source knows better when the
@@ -169,6 +170,8 @@ class LeasedLimiter:
                 slot_key = None
             else:
                 del self._taken[slot_token]
+        for u in usage:
+            self._note_per_call(u)
         rest = [u for u in usage if not self._take(u, now)]
         self._schedule()
         if slot_key is not None or rest:
@@ -255,7 +258,7 @@ class LeasedLimiter:
         ask = [Check(c.key, c.limit, c.window_seconds, c.cost - taken[i] + owed[i]) for i, c in enumerate(checks)]
         hold = self._pop_hold(slot, now)
         ask_slot = slot if hold is None else None
-        extras = [0 if flight is None else c.cost * LEASE_CALLS for c in checks]
+        extras = [0 if flight is None else (c.cost + self._per_call(c)) * LEASE_CALLS for c in checks]
         spare = LEASE_SLOTS if ask_slot is not None and flight is not None else 0
         taking: asyncio.Future[Outcome] | None = None
         if flight is not None and flight not in self._flights:
@@ -289,6 +292,17 @@ class LeasedLimiter:
                 taking.set_result(outcome)
             self._leasing -= 1
             self._leased.set()
+
+    def _note_per_call(self, usage: Check) -> None:
+        a = self._allowances.get((usage.key, usage.window_seconds))
+        if a is not None:
+            a.per_call = (3 * a.per_call + usage.cost) // 4 if a.per_call else usage.cost
+
+    def _per_call(self, check: Check) -> int:
+        """What calls of this counter added after admission lately (their completion tokens), in this window or the
+        last: a lease of a tokens limit sized by the prompt alone lasted two or three calls."""
+        a = self._allowances.get((check.key, check.window_seconds))
+        return 0 if a is None else a.per_call
 
     @staticmethod
     def _owed_now(a: _Allowance | None) -> int:
@@ -351,7 +365,7 @@ class LeasedLimiter:
                 window, counted = answers[i]
                 if a is None:
                     a = self._allowances[(c.key, c.window_seconds)] = _Allowance(
-                        window_end(now, c.window_seconds), 0, 0, now, limit=c.limit
+                        window_end(now, c.window_seconds), 0, 0, now, limit=c.limit, per_call=self._per_call(c)
                     )
                 a.left += counted - asked_costs[i]
                 a.counted = window.used

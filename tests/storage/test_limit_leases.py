@@ -428,3 +428,16 @@ async def test_a_call_finished_during_an_outage_is_not_kept_alive(
     plain = redis_limits.RedisLimiter(clients[2], prefix, clock=clock)
     assert (await plain.admit([], slot)).admitted  # the place lapsed on Redis
     await limiter.close()
+
+
+async def test_a_tokens_lease_covers_the_completion_tokens_calls_use(clients: list[Redis], prefix: str) -> None:
+    """Calls asking 10 tokens (the prompt) and using 150 more (the completion): a lease sized by the prompt alone ran
+    out after one call, and every call went to Redis. Sized by what calls use, most skip it."""
+    sources, replicas = _replicas(clients, prefix)
+    for _ in range(100):
+        batch = await replicas[0].admit([Check("tpm:k:key_pc", 10**6, 60, cost=10)])
+        assert batch.admitted
+        await replicas[0].finish(None, [Check("tpm:k:key_pc", 0, 60, 150)], batch.slot_token)
+    assert sources[0].trips <= 100 // limit_leases.LEASE_CALLS + 4
+    await replicas[0].close()
+    assert await _used(clients[2], prefix, "tpm:k:key_pc") == 100 * 160

@@ -88,17 +88,22 @@ async def balance(engine: AsyncEngine, user_id: int) -> Balance:
     call's charge."""
     day = today()
     spare = holds.c.mode == SPARE_MODE
+    open_holds = holds.c.user_id == user_id, holds.c.settled_at.is_(None)
+
+    def total(value: Any) -> Any:
+        return select(func.coalesce(func.sum(value), 0)).where(*open_holds).scalar_subquery()
+
+    query = (
+        select(  # one statement: the row and its holds as of one moment (a spare taken between two would count twice)
+            users,
+            total(case((spare, 0), else_=holds.c.amount_nanos)).label("held"),
+            total(case((spare, holds.c.amount_nanos), else_=0)).label("spared"),
+            total(case((spare & (holds.c.spend_day == day), holds.c.amount_nanos), else_=0)).label("spared_today"),
+        ).where(u.id == user_id)
+    )
     async with engine.connect() as conn:
-        row = (await conn.execute(select(users).where(u.id == user_id))).one()
-        held, spared, spared_today = (
-            await conn.execute(
-                select(
-                    _sum(case((spare, 0), else_=holds.c.amount_nanos)),
-                    _sum(case((spare, holds.c.amount_nanos), else_=0)),
-                    _sum(case((spare & (holds.c.spend_day == day), holds.c.amount_nanos), else_=0)),
-                ).where(holds.c.user_id == user_id, holds.c.settled_at.is_(None))
-            )
-        ).one()
+        row = (await conn.execute(query)).one()
+    held, spared, spared_today = row.held, row.spared, row.spared_today
     spent_today = row.spend_day_nanos if row.spend_day == day else 0
     return Balance(
         user_id=user_id,
@@ -109,10 +114,6 @@ async def balance(engine: AsyncEngine, user_id: int) -> Balance:
         daily_cap_nanos=row.daily_cap_nanos,
         spent_today_nanos=max(0, spent_today - int(spared_today)),
     )
-
-
-def _sum(value: Any) -> Any:
-    return func.coalesce(func.sum(value), 0)
 
 
 async def verify(engine: AsyncEngine) -> list[Discrepancy]:

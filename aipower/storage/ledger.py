@@ -89,24 +89,35 @@ class SqlLedger:
         mode: BillingMode = "demo" if request.demo else "balance"
         amount = 0 if request.demo else request.amount
         day = today()
-        if self._spares is not None and (spare := self._spares.take(request, day)) is not None:
-            self._in_flight += 1  # the key's spare hold is this call's: nothing to write
-            self._spares.reserved(request, spare)
-            return spare
+        unfit = None
+        if self._spares is not None and not request.demo:
+            if (spare := self._spares.take(request, day)) is not None:
+                self._in_flight += 1  # the key's spare hold is this call's: nothing to write
+                self._spares.reserved(request, spare)
+                return spare
+            unfit = self._spares.pop(request.key_id)  # too small for this call: it goes back with the call's reserve
         hold = Hold(self._new_id(), request.user_id, request.key_id, amount, mode, day)
         self._in_flight += 1
+        done = None
         try:
-            done = self._run_now([], [(request, hold)])
+            gone: list[Settle] = [] if unfit is None else [Release(unfit, unfit.id, "spare hold too small")]
+            done = self._run_now(gone, [(request, hold)])  # on SQLite, both in one transaction
+            if done is None and unfit is not None:
+                self._release_later(unfit, "spare hold too small")  # with the call's reserve, in the writer's batch
+                gone, unfit = [], None
             if done is None and self._alone is not None and self._lone() and ledger_alone.may_reserve_alone(request):
                 done = await self._reserve_alone(self._alone, request, hold)
             try:
-                result = done[0] if done is not None else await self._queue(self._reserves, (request, hold))
+                result = done[len(gone)] if done is not None else await self._queue(self._reserves, (request, hold))
             except InsufficientCredit as refused:  # the writer's batches answer a refusal by raising it
                 result = refused
             if isinstance(result, InsufficientCredit) and self._give_back_spares(request.user_id):
                 result = await self._queue(self._reserves, (request, hold))  # in the batch that gives them back
         except BaseException:
             self._in_flight -= 1
+            if unfit is not None and done is None:  # its release never ran: queue it
+                self._release_later(unfit, "spare hold too small")
+                self._start_writer()
             raise
         if isinstance(result, GatewayError):
             self._in_flight -= 1
@@ -219,8 +230,9 @@ class SqlLedger:
             self._release_later(hold, "spare hold not used")
         if stale:
             self._start_writer()
-        if len(self._spares):
-            self._expiry = asyncio.get_running_loop().call_later(ledger_spares.IDLE_SECONDS, self._expire_spares)
+        due = self._spares.due_in()
+        if due is not None:  # when the oldest left is due, not a whole idle time later
+            self._expiry = asyncio.get_running_loop().call_later(due, self._expire_spares)
 
     async def close(self) -> None:
         """Release the spare holds, wait for the queued work to commit, then close the writer's connection."""

@@ -7,7 +7,8 @@ another (one client, an agent's loop) now pays one: its settle also takes a hold
 call reserves nothing itself.
 
 - **Which calls.** A spare is taken by the settle of a paid call (a balance hold) made by a call alone in its process,
-  for the same user, key and UTC day, of the same amount. Never for the demo key; for a call that may use a trial
+  for the same user, key and UTC day, of the call's amount and a quarter more (HEADROOM): a conversation's next
+  call, with its longer prompt, still fits. Never for the demo key; for a call that may use a trial
   call, only when the user has none left.
 - **Only with room to spare.** The statement takes it only while the account has room for ROOM (8) such holds: in
   its balance, in its day's cap and in the key's spend limit. Near any of them no spare is taken and every call
@@ -23,8 +24,9 @@ call reserves nothing itself.
   guarded reserve refuses it. Until then (at most the cache's seconds) one call per key per process may still run
   on a spare taken under the old limit.
 - **Given back.** One spare per key per process. A spare unused for IDLE_SECONDS (1 s) is released, uncharged, by
-  the ledger's writer; so are all of them when the ledger closes. A release whose batch fails is queued again a
-  second later.
+  the ledger's writer (within IDLE_SECONDS and a pass of the loop); so are all of them when the ledger closes. A
+  release whose batch fails is queued again a second later. A spare too small for the key's next call goes back
+  with that call's reserve (on SQLite in the same transaction), and its settle takes a new one.
 - **Refusals.** A spare is really taken from the balance, the day's spend and the key's spend. So when a call is
   refused (402), this process's spares of the user go back, and the call is tried once more in the batch that
   releases them (one transaction, releases first): in one process refusals are exact. Another process's spare can
@@ -50,6 +52,7 @@ from aipower.gateway.protocols import Hold, HoldRequest
 from aipower.storage.ledger_sql import Spare
 
 ROOM = 8  # a spare is taken only while the account has room for this many holds of its amount
+HEADROOM = 4  # a spare holds its settled call's amount and a quarter more
 IDLE_SECONDS = 1.0
 
 
@@ -79,6 +82,11 @@ class Spares:
         del self._by_key[request.key_id]
         return held.hold
 
+    def pop(self, key_id: str) -> Hold | None:
+        """The key's spare, no longer offered (it does not cover the key's call: the caller gives it back)."""
+        held = self._by_key.pop(key_id, None)
+        return None if held is None else held.hold
+
     def reserved(self, request: HoldRequest, hold: Hold) -> None:
         """A call now holds `hold`: remember its request, so that its settle may take the key's next spare."""
         if hold.mode == "balance" and not request.demo:
@@ -91,8 +99,10 @@ class Spares:
         request = self._requests.pop(hold.id, None)
         if request is None or request.key_id in self._by_key or hold.day != day:
             return None
-        spare = Hold(new_id, hold.user_id, hold.key_id, hold.amount, "balance", day)
-        return Spare(request, spare, ROOM * hold.amount)
+        need = request.amount  # the call's own need: its hold may be a spare, larger already
+        amount = need + need // HEADROOM  # a conversation's next call holds a little more
+        spare = Hold(new_id, hold.user_id, hold.key_id, amount, "balance", day)
+        return Spare(request, spare, ROOM * amount)
 
     def forget(self, hold: Hold) -> None:
         """The call's settle runs without a spare (not alone, or not by the lone path)."""
@@ -115,6 +125,13 @@ class Spares:
         """The user's spares, no longer offered: the caller gives them back (a call of the user was refused)."""
         keys = [key for key, held in self._by_key.items() if held.hold.user_id == user_id]
         return [self._by_key.pop(key).hold for key in keys]
+
+    def due_in(self) -> float | None:
+        """Seconds until the oldest spare has been idle long enough to go back; None if there is none."""
+        if not self._by_key:
+            return None
+        oldest = min(held.taken for held in self._by_key.values())
+        return max(0.0, oldest + self._idle - self._clock())
 
     def drain(self) -> list[Hold]:
         """Every spare, no longer offered (shutting down)."""

@@ -57,12 +57,12 @@ async def test_a_lone_callers_next_call_uses_the_hold_its_last_settle_took(engin
     first = await book.reserve(hold_request(user_id, key_id, 1000))
     assert await book.settle(settlement(first, 300)) == 300
     [(spare_id, amount, mode)] = await open_holds(engine, user_id)  # written by the settle's transaction
-    assert (amount, mode) == (1000, "spare")
+    assert (amount, mode) == (1250, "spare")  # the call's hold and a quarter more
     shown = await accounts.balance(engine, user_id)
     assert (shown.balance_nanos, shown.held_nanos, shown.spent_today_nanos) == (USD - 300, 0, 300)
-    assert await stored_balance(engine, user_id) == USD - 300 - 1000
-    second = await book.reserve(hold_request(user_id, key_id, 900))
-    assert (second.id, second.amount, second.mode) == (spare_id, 1000, "balance")
+    assert await stored_balance(engine, user_id) == USD - 300 - 1250
+    second = await book.reserve(hold_request(user_id, key_id, 1200))  # a longer prompt: still covered
+    assert (second.id, second.amount, second.mode) == (spare_id, 1250, "balance")
     assert await book.settle(settlement(second, 200)) == 200
     await book.close()  # gives back the spare the second settle took
     assert await open_holds(engine, user_id) == []
@@ -140,11 +140,11 @@ async def test_a_spare_serves_only_a_call_it_covers(engine: AsyncEngine) -> None
     assert larger.id not in spares and larger.amount == 2000
     await book.close()
     book = ledger.SqlLedger(engine, spares=True)
-    free, _ = await call(1000)  # taken by a call that needed no unlock
+    free, _ = await call(1000)  # its settle takes a spare, with no unlock checked
     premium, spares = await call(1000, unlock=5 * USD)
     assert len(spares) == 1 and premium.id not in spares and free.id not in spares
-    served, spares = await call(1000)  # the free call's spare is still there (the key had one): it serves this one
-    assert served.id in spares
+    await asyncio.sleep(0.1)  # on PostgreSQL the spare it did not use goes back with the writer's next batch
+    assert not spares & {row[0] for row in await open_holds(engine, user_id)}
     await book.close()
     assert await open_holds(engine, user_id) == []
     assert (await accounts.balance(engine, user_id)).trial_calls_left == 0
@@ -282,3 +282,45 @@ async def test_a_release_whose_batch_failed_is_tried_again(
     assert await stored_balance(engine, user_id) == USD - 300
     await book.close()
     assert await accounts.verify(engine) == []
+
+
+async def test_a_growing_conversation_runs_on_spares(engine: AsyncEngine) -> None:
+    """Each call holds a little more than the last (its prompt grows): every call after the first runs on the spare
+    its predecessor's settle took; one much larger gives the spare back with its own hold and takes a new one."""
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine, spares=True)
+    on_spares = 0
+    for amount in [1000 + 20 * i for i in range(10)]:
+        spares = {row[0] for row in await open_holds(engine, user_id)}
+        hold = await book.reserve(hold_request(user_id, key_id, amount))
+        on_spares += hold.id in spares
+        await book.settle(settlement(hold, 100))
+    assert on_spares == 9
+    [(small, amount, _)] = await open_holds(engine, user_id)
+    assert amount == 1180 + 1180 // 4  # sized by the last call's need, not by the spare it ran on
+    big = await book.reserve(hold_request(user_id, key_id, 10_000))
+    await asyncio.sleep(0.1)  # on PostgreSQL the release goes with the writer's next batch
+    assert [row[0] for row in await open_holds(engine, user_id)] == [big.id]  # the small spare went back
+    await book.settle(settlement(big, 100))
+    [(spare, amount, _)] = await open_holds(engine, user_id)
+    assert spare != small and amount == 12_500
+    await book.close()
+    assert await open_holds(engine, user_id) == []
+    assert await stored_balance(engine, user_id) == USD - 11 * 100
+    assert await accounts.verify(engine) == []
+
+
+def test_an_idle_spare_is_due_a_whole_idle_time_after_it_was_taken_not_later() -> None:
+    now = [100.0]
+    spares = ledger_spares.Spares(idle=1.0, clock=lambda: now[0])
+    for key, at in (("key_a", 100.0), ("key_b", 100.5)):
+        now[0] = at
+        request = hold_request(1, key, 1000)
+        hold = Hold(f"hold_{key}", 1, key, 1000, "balance", "2026-11-26")
+        spares.reserved(request, hold)
+        spare = spares.settling(hold, f"spare_{key}", "2026-11-26")
+        assert spare is not None
+        spares.put(spare)
+    now[0] = 101.0
+    assert [h.key_id for h in spares.expired()] == ["key_a"]
+    assert spares.due_in() == 0.5  # key_b's, not a whole second from now

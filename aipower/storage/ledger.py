@@ -103,7 +103,7 @@ class SqlLedger:
             gone: list[Settle] = [] if unfit is None else [Release(unfit, unfit.id, "spare hold too small")]
             done = self._run_now(gone, [(request, hold)])  # on SQLite, both in one transaction
             if done is None and unfit is not None:
-                self._release_later(unfit, "spare hold too small")  # with the call's reserve, in the writer's batch
+                self._release_later(unfit, "spare hold too small")  # queued: the writer's batch, with the reserve
                 gone, unfit = [], None
             if done is None and self._alone is not None and self._lone() and ledger_alone.may_reserve_alone(request):
                 done = await self._reserve_alone(self._alone, request, hold)

@@ -26,12 +26,17 @@ call reserves nothing itself.
 - **Given back.** One spare per key per process. A spare unused for IDLE_SECONDS (1 s) is released, uncharged, by
   the ledger's writer (within IDLE_SECONDS and a pass of the loop); so are all of them when the ledger closes. A
   release whose batch fails is queued again a second later. A spare too small for the key's next call goes back
-  with that call's reserve (on SQLite in the same transaction), and its settle takes a new one.
+  with that call's reserve: on SQLite in the same transaction; otherwise queued, so the writer releases it in the
+  batch that reserves for the call (on PostgreSQL the reserve's one-statement group may run first; if it is refused,
+  the general batch tries it again after the release). Its settle takes a new one.
 - **Refusals.** A spare is really taken from the balance, the day's spend and the key's spend. So when a call is
   refused (402), this process's spares of the user go back, and the call is tried once more in the batch that
-  releases them (one transaction, releases first): in one process refusals are exact. Another process's spare can
-  still make a call that needs nearly all of what is left refused early, by at most one spare per key per process,
-  each at most 1/8 of what was left when it was taken (as leases of the rate limits can).
+  releases them (one transaction, releases first). What is left: a call running on a spare holds up to a quarter
+  more than it needs (HEADROOM) until it settles, so while such calls are in flight, a call that needs nearly all of
+  what is left can be refused early by that much (the fourth review's find; trimming a hold in flight would need its
+  caller's settle to learn the new amount). Another process's spare can likewise make such a call refused early, by
+  at most one spare per key per process, each at most 1/8 of what was left when it was taken (as leases of the rate
+  limits can).
 - **An ordinary hold.** balance + open holds == sum(ledger) throughout. The owner's reports (accounts.balance) count
   a spare (holds.mode 'spare') as balance, not as held or spent today, also while a call runs on it: the balance
   shown after a call is what it was less that call's cost. A process that dies leaves it open, and repair releases

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, assert_never
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aipower.api.wire_errors import invalid_request
+from aipower.api.wire_errors import invalid_request, require_finite
 from aipower.gateway.service import Completion
 from aipower.messages import (
     ChatRequest,
@@ -194,6 +194,10 @@ def parse_request(body: bytes) -> ChatRequest:
     except ValidationError as exc:
         raise invalid_request(exc) from None
     extra: dict[str, Any] = dict(parsed.model_extra or {})
+    for name, value in extra.items():
+        require_finite(value, name)
+    for i, tool in enumerate(parsed.tools or ()):
+        require_finite(tool.function.parameters, f"tools[{i}].function.parameters")
     for name in _PASSTHROUGH:
         value = getattr(parsed, name)
         if value is not None:

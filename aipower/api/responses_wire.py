@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
+from aipower.api.wire_errors import require_finite
 from aipower.errors import InvalidRequest
 from aipower.messages import ChatRequest, Image, Message, Part, Reasoning, ResponseFormat, Text, Tool, ToolCall
 
@@ -222,9 +223,12 @@ class ResponsesRequestIn(_Config):
 def parse_request(body: bytes) -> ResponsesRequestIn:
     """The validated request; InvalidRequest (400, with param) when it is not valid."""
     try:
-        return ResponsesRequestIn.model_validate_json(body)
+        parsed = ResponsesRequestIn.model_validate_json(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
+    for i, tool in enumerate(parsed.tools or ()):
+        require_finite(tool.parameters, f"tools[{i}].parameters")
+    return parsed
 
 
 def parse_items(stored: bytes) -> list[Item]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from pydantic import ValidationError
 
 from aipower.errors import InvalidRequest
@@ -55,3 +58,18 @@ def _is_branch(item: str) -> bool:
 
 def _is_tag(item: str) -> bool:
     return item in {"system", "developer", "user", "assistant", "tool", "text", "image_url"}
+
+
+def require_finite(value: Any, param: str) -> None:
+    """A value kept as JSON (a field forwarded as it came, a tool's parameter schema): the parser lets NaN and
+    Infinity through, which JSON has no number for, and they would reach the provider as null. 400 instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(
+            f"Invalid value for '{param}': NaN and Infinity are not JSON numbers.", param=param, code="invalid_value"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            require_finite(item, f"{param}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            require_finite(item, f"{param}[{index}]")

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.settings import from_environ
@@ -15,9 +16,16 @@ T = TypeVar("T")
 
 
 def run(operation: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Migrate the database if needed, then run `operation` with an engine on it."""
+    """Migrate the database if needed, then run `operation` with an engine on it. A SQLite file that is not there yet
+    is created, and the command says so on stderr: a misspelt AIPOWER_DATABASE_URL would otherwise put a user or a
+    top-up into a new, empty database without a word."""
     url = from_environ().database_url
+    new_file = db.sqlite_file(url)
+    if new_file is not None and new_file.exists():
+        new_file = None
     db.upgrade(url)
+    if new_file is not None:
+        click.echo(f"note: created a new database at {new_file} (AIPOWER_DATABASE_URL)", err=True)
     return asyncio.run(_with_engine(url, operation))
 
 

@@ -37,6 +37,14 @@ def describe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for PostgreSQL and in-memory SQLite)."""
+    target = async_url(url)
+    if target.get_backend_name() != "sqlite" or target.database in (None, "", ":memory:"):
+        return None
+    return Path(target.database)
+
+
 def make_engine(url: str, *, ledger: bool = False) -> AsyncEngine:
     """Bound values never appear in a database error's message (hide_parameters): they include key digests and
     e-mail addresses, and such messages reach the log.

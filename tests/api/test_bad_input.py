@@ -53,6 +53,18 @@ CASES: list[tuple[str, bytes, int, str, str | None]] = [
         "tools[0].function",
     ),
     ("stream-not-bool", body(stream="yes"), 400, "invalid_value", "stream"),
+    # JSON has no NaN or Infinity; the parser lets them through, and a field forwarded as it came reached the
+    # provider as null.
+    ("nan-in-a-forwarded-field", body(seed=...)[:-1] + b',"top_k":NaN}', 400, "invalid_value", "top_k"),
+    (
+        "infinity-in-a-tool-schema",
+        body(tools=[{"type": "function", "function": {"name": "f", "parameters": {"maximum": 1}}}]).replace(
+            b'"maximum":1', b'"maximum":-Infinity'
+        ),
+        400,
+        "invalid_value",
+        "tools[0].function.parameters.maximum",
+    ),
 ]
 
 

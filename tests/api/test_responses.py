@@ -389,6 +389,16 @@ def test_bad_requests_are_400_with_param(
     assert upstream.requests == []
 
 
+def test_infinity_in_a_tool_schema_is_400(http: httpx.Client, upstream: FakeUpstream) -> None:
+    """JSON has no Infinity; the parser let it through, and the schema reached the provider with null in its place."""
+    tool = b'{"type": "function", "name": "f", "parameters": {"maximum": Infinity}}'
+    body = b'{"model": "%s", "input": "hi", "tools": [%s]}' % (DEEPSEEK.encode(), tool)
+    reply = http.post("/responses", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == "tools[0].parameters.maximum"
+    assert upstream.requests == []
+
+
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.create(model="nope/nothing", input="hi")

@@ -55,3 +55,14 @@ def test_every_command_has_help() -> None:
         usage = result.stdout.splitlines()[0]
         assert usage.startswith("Usage: ") and f" {' '.join(path)} " in f"{usage} ", usage
         assert "--help" in result.stdout and result.stdout.count("\n") > 3
+
+
+def test_a_command_on_a_database_not_there_yet_says_it_created_one(tmp_path: Path) -> None:
+    """A misspelt AIPOWER_DATABASE_URL used to put the user into a new, empty database without a word."""
+    path = tmp_path / "aipower-dta" / "aipower.db"
+    env = isolated_env(f"sqlite:///{path}")
+    first = CliRunner().invoke(cli, ["users", "create", "a@example.com"], env=env)
+    second = CliRunner().invoke(cli, ["users", "create", "b@example.com"], env=env)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert f"created a new database at {path}" in first.stderr
+    assert "created a new database" not in second.stderr

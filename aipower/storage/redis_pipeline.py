@@ -122,7 +122,11 @@ class ScriptPipeline:
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # Redis lost its scripts: load them, then send those commands again, in one more exchange
             texts = list(dict.fromkeys(batch[i].script.text for i in missing))
-            again = await self._exchange([("SCRIPT", "LOAD", t) for t in texts] + [_evalsha(batch[i]) for i in missing])
+            commands = [("SCRIPT", "LOAD", t) for t in texts] + [_evalsha(batch[i]) for i in missing]
+            try:
+                again = await self._exchange(commands)
+            except Exception as exc:  # noqa: BLE001 - only the commands sent again failed: the others ran, and keep
+                again = [exc] * len(commands)  # their replies (an admission that counted is not reported as failed)
             for i, reply in zip(missing, again[len(texts) :], strict=True):
                 replies[i] = reply
         return replies

@@ -171,3 +171,38 @@ async def test_a_redis_that_stops_answering_fails_the_call_instead_of_hanging() 
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_when_reteaching_a_script_fails_the_calls_that_ran_keep_their_replies(
+    prefix: str, client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call whose script ran in the first exchange (an admission that counted) is not reported as failed because the
+    second exchange, for another script Redis had lost, failed."""
+    pipeline = ScriptPipeline(client)
+    slow, known = pipeline.script(_SLOW_PUSH), pipeline.script(_PUSH)
+    lost = pipeline.script(_PUSH + " -- another script")
+    for script in (slow, known):
+        await pipeline.call(script, [f"{prefix}warm"], ["warm"])  # cached on Redis; `lost` never was
+    real = pipeline._exchange
+    exchanges = 0
+
+    async def reteaching_fails(commands: Any) -> list[Any]:
+        nonlocal exchanges
+        exchanges += 1
+        if exchanges == 3:  # 1: the slow call, alone; 2: `known` and `lost` together; 3: `lost` again, with its script
+            raise ConnectionError("Redis went away")
+        return await real(commands)
+
+    monkeypatch.setattr(pipeline, "_exchange", reteaching_fails)
+    first = asyncio.ensure_future(pipeline.call(slow, [f"{prefix}s"], ["first"]))
+    await asyncio.sleep(0)  # it goes alone; the next two queue behind it and go together
+    ran, failed = await asyncio.gather(
+        pipeline.call(known, [f"{prefix}k"], ["ran"]),
+        pipeline.call(lost, [f"{prefix}l"], ["lost"]),
+        return_exceptions=True,
+    )
+    await first
+    assert exchanges == 3
+    assert not isinstance(ran, BaseException) and ran[0] == b"ran"
+    assert isinstance(failed, ConnectionError)
+    assert await client.lrange(f"{prefix}k", 0, -1) == [b"ran"]  # its script did run

@@ -7,14 +7,14 @@ another (one client, an agent's loop) now pays one: its settle also takes a hold
 call reserves nothing itself.
 
 - **Which calls.** A spare is taken by the settle of a paid call (a balance hold) made by a call alone in its process,
-  for the same user, key and UTC day, of the call's amount and a quarter more (HEADROOM): a conversation's next
-  call, with its longer prompt, still fits. Never for the demo key; for a call that may use a trial
-  call, only when the user has none left.
+  for the same user, key and UTC day, of the call's own need and a quarter more (HEADROOM): a conversation's next
+  call, with its longer prompt, still fits. Never for the demo key; for a call that may use a trial call, only when
+  the user has none left.
 - **Only with room to spare.** The statement takes it only while the account has room for ROOM (8) such holds: in
   its balance, in its day's cap and in the key's spend limit. Near any of them no spare is taken and every call
   reserves for itself, as before: with a spare held, a call of at most its amount still has room for 7 more.
   Otherwise it refuses nothing: a spare not taken is just not there.
-- **Used.** The key's next call takes it if it is of the same day, at least as large as the call's own hold, and was
+- **Used.** The key's next call takes it if it is of the same day, at least as large as the call's own need, and was
   taken with at least the premium unlock that call needs (and, for a call that may use a trial call, with none
   left then), and if the call saw the same key spend limit and daily cap as the call whose settle took it. Its
   settle charges what the call cost and gives back the rest, as for any hold.
@@ -57,7 +57,7 @@ from aipower.gateway.protocols import Hold, HoldRequest
 from aipower.storage.ledger_sql import Spare
 
 ROOM = 8  # a spare is taken only while the account has room for this many holds of its amount
-HEADROOM = 4  # a spare holds its settled call's amount and a quarter more
+HEADROOM = 4  # a spare holds its settled call's need and a quarter more
 IDLE_SECONDS = 1.0
 
 

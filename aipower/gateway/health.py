@@ -54,20 +54,23 @@ def admit(breaker: Breaker, now: float, rules: BreakerRules) -> tuple[bool, Brea
 def record(breaker: Breaker, outcome: CallOutcome, now: float, rules: BreakerRules) -> Breaker:
     """The breaker after one attempt: success closes it; a failure counts, and opens it at the threshold."""
     failed = 0.0 if outcome.ok else 1.0
-    updated = replace(
-        breaker,
+    consecutive, opened_at, probe_at = 0, None, None  # success
+    if not outcome.ok:
+        consecutive = breaker.consecutive_failures + 1
+        if breaker.opened_at is not None or consecutive >= rules.failures:
+            opened_at = now
+        else:
+            opened_at, probe_at = breaker.opened_at, breaker.probe_at
+    return Breaker(  # built once, not replaced field by field: this runs for every call
+        consecutive_failures=consecutive,
+        opened_at=opened_at,
+        probe_at=probe_at,
         calls=breaker.calls + 1,
         failures=breaker.failures + int(failed),
         error_rate=breaker.error_rate + rules.alpha * (failed - breaker.error_rate),
         ttft_ms=_average(breaker.ttft_ms, None if outcome.ttft is None else outcome.ttft * 1000, rules.alpha),
         tokens_per_s=_average(breaker.tokens_per_s, outcome.tokens_per_s, rules.alpha),
     )
-    if outcome.ok:
-        return replace(updated, consecutive_failures=0, opened_at=None, probe_at=None)
-    failures = breaker.consecutive_failures + 1
-    if breaker.opened_at is not None or failures >= rules.failures:
-        return replace(updated, consecutive_failures=failures, opened_at=now, probe_at=None)
-    return replace(updated, consecutive_failures=failures)
 
 
 def record_speed(breaker: Breaker, tokens_per_s: float, rules: BreakerRules) -> Breaker:

@@ -22,7 +22,7 @@ class Caller:
     allowed_models: frozenset[str] | None = None
     limits: Limits | None = None  # per-key / per-user overrides of the default rate limits
     is_demo: bool = False  # the public demo key
-    client_ip: str | None = None  # set per request by the API layer
+    client_ip: str | None = None  # the demo key's caller's address, set per request by the API layer
     lifetime_topup_nanos: int | None = None  # the user's top-ups so far (None: unknown, routing does not narrow)
     spend_limit_nanos: int | None = None  # the key's spend limit (None: none), as the key lookup read it
     daily_cap_nanos: int | None = None  # the user's daily cap (None: none), as the key lookup read it

@@ -42,35 +42,54 @@ def credits() -> None:
     """Add money to a user's balance."""
 
 
+_REFERENCE_HELP = (
+    "The payment's or invoice's id: a second credit with the same reference does nothing (safe to retry), and "
+    "one for another user or amount is refused."
+)
+
+
 @credits.command("add")
 @click.argument("email")
 @click.argument("usd", type=USD)
 @click.option("--reason", default=None, help="A note stored on the ledger row.")
-def add(email: str, usd: Decimal, reason: str | None) -> None:
+@click.option("--reference", default=None, help=_REFERENCE_HELP)
+def add(email: str, usd: Decimal, reason: str | None, reference: str | None) -> None:
     """Credit a top-up of USD (counts for the tier unlock and earns the configured bonuses)."""
     rules = catalog_file.load(from_environ().catalog_paths).billing
 
     async def operation(engine: AsyncEngine) -> int:
         user = await user_store.find(engine, email)
-        return await accounts.top_up(engine, user.id, usd, rules, reason)
+        return await accounts.top_up(engine, user.id, usd, rules, reason, reference)
 
-    total = _run_money(operation)
-    click.echo(f"credited ${usd_text(total)} ({credits_text(total)} credits, bonuses included) to {email}")
+    total = _run_credit(operation, email)
+    if total is not None:
+        click.echo(f"credited ${usd_text(total)} ({credits_text(total)} credits, bonuses included) to {email}")
 
 
 @credits.command("grant")
 @click.argument("email")
 @click.argument("usd", type=USD)
 @click.option("--reason", default=None, help="A note stored on the ledger row.")
-def grant(email: str, usd: Decimal, reason: str | None) -> None:
+@click.option("--reference", default=None, help=_REFERENCE_HELP)
+def grant(email: str, usd: Decimal, reason: str | None, reference: str | None) -> None:
     """Gift USD to a user (no bonus, does not unlock the premium models)."""
 
     async def operation(engine: AsyncEngine) -> int:
         user = await user_store.find(engine, email)
-        return await accounts.grant(engine, user.id, usd, reason)
+        return await accounts.grant(engine, user.id, usd, reason, reference)
 
-    total = _run_money(operation)
-    click.echo(f"granted ${usd_text(total)} to {email}")
+    total = _run_credit(operation, email)
+    if total is not None:
+        click.echo(f"granted ${usd_text(total)} to {email}")
+
+
+def _run_credit(operation: Callable[[AsyncEngine], Awaitable[int]], email: str) -> int | None:
+    """The amount credited; None (exit 0) when the reference was credited before: a retry changes nothing."""
+    try:
+        return _run_money(operation)
+    except accounts.AlreadyCredited as done:
+        click.echo(f"already credited to {email}: {done}")
+        return None
 
 
 @click.command()

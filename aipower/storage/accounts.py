@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aipower import money
 from aipower.catalog import BillingRules
 from aipower.gateway import billing
 from aipower.gateway.protocols import Balance
-from aipower.storage.ledger import _append, today
+from aipower.storage.ledger import today
 from aipower.storage.ledger_sql import SPARE_MODE
 from aipower.storage.tables import holds, ledger, users
 
 u = users.c
+MAX_REFERENCE = 200  # characters of a top-up's or grant's outside reference (ledger.reference)
+
+
+class AlreadyCredited(Exception):
+    """The reference was credited before, to the same user and amount: nothing was done now (a retry)."""
+
+    def __init__(self, reference: str, credited_at: dt.datetime) -> None:
+        super().__init__(f"{reference!r} was credited on {credited_at:%Y-%m-%d %H:%M} UTC; nothing was done now")
+        self.reference = reference
+        self.credited_at = credited_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,31 +41,91 @@ class Discrepancy:
     ledger_nanos: int
 
 
-async def top_up(engine: AsyncEngine, user_id: int, usd: Decimal, rules: BillingRules, note: str | None) -> int:
+async def top_up(
+    engine: AsyncEngine, user_id: int, usd: Decimal, rules: BillingRules, note: str | None, reference: str | None = None
+) -> int:
     """Credit a top-up and the bonuses it earns (one transaction); returns the total credited in nanos.
 
     The write comes first: it takes the user's row (PostgreSQL) or the database's write lock (SQLite) before anything
-    is read, so two top-ups at once cannot both find themselves the user's first (and both earn its bonus)."""
+    is read, so two top-ups at once cannot both find themselves the user's first (and both earn its bonus).
+    With a `reference` (a payment or invoice id) it is credited at most once: AlreadyCredited for a retry of the
+    same credit, MoneyError if the reference was used for another user, amount or kind."""
     amount = _positive(usd)
-    async with engine.begin() as conn:
+
+    async def credit(conn: AsyncConnection) -> int:
         lifetime = await _credit(conn, user_id, amount, topup=True)
+        await _refuse_used(conn, reference, user_id, amount, "top-up")
         earned = billing.bonuses(rules, usd, first=lifetime == amount)
         bonus = sum(nanos for _, nanos in earned)
         if bonus:
             await _credit(conn, user_id, bonus)
-        await _append(conn, user_id, amount, "top-up", None, note)
+        await _append(conn, user_id, amount, "top-up", note, reference)
         for why, nanos in earned:
-            await _append(conn, user_id, nanos, "bonus", None, why)
-    return amount + bonus
+            await _append(conn, user_id, nanos, "bonus", why)
+        return amount + bonus
+
+    return await _once(engine, credit, reference, user_id, amount, "top-up")
 
 
-async def grant(engine: AsyncEngine, user_id: int, usd: Decimal, note: str | None) -> int:
-    """An admin gift: credited, but no bonus and no tier unlock."""
+async def grant(engine: AsyncEngine, user_id: int, usd: Decimal, note: str | None, reference: str | None = None) -> int:
+    """An admin gift: credited, but no bonus and no tier unlock. With a `reference`, at most once (as top_up)."""
     amount = _positive(usd)
-    async with engine.begin() as conn:
+
+    async def credit(conn: AsyncConnection) -> int:
         await _credit(conn, user_id, amount)
-        await _append(conn, user_id, amount, "grant", None, note)
-    return amount
+        await _refuse_used(conn, reference, user_id, amount, "grant")
+        await _append(conn, user_id, amount, "grant", note, reference)
+        return amount
+
+    return await _once(engine, credit, reference, user_id, amount, "grant")
+
+
+async def _once(
+    engine: AsyncEngine,
+    credit: Callable[[AsyncConnection], Awaitable[int]],
+    reference: str | None,
+    user_id: int,
+    amount: int,
+    reason: str,
+) -> int:
+    """Run `credit` in one transaction. Two credits of one reference at once: the user's row lock (or SQLite's write
+    lock) lets one check after the other commits; for two users, the unique index refuses the second row."""
+    if reference is not None and not 0 < len(reference) <= MAX_REFERENCE:
+        raise money.MoneyError(f"a reference is 1 to {MAX_REFERENCE} characters")
+    try:
+        async with engine.begin() as conn:
+            return await credit(conn)
+    except IntegrityError:
+        if reference is None:
+            raise
+        async with engine.connect() as conn:
+            await _refuse_used(conn, reference, user_id, amount, reason)
+        raise
+
+
+async def _refuse_used(conn: AsyncConnection, reference: str | None, user_id: int, amount: int, reason: str) -> None:
+    if reference is None:
+        return
+    query = select(ledger.c.user_id, ledger.c.amount_nanos, ledger.c.reason, ledger.c.created_at).where(
+        ledger.c.reference == reference
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return
+    if (row.user_id, row.amount_nanos, row.reason) == (user_id, amount, reason):
+        raise AlreadyCredited(reference, row.created_at)
+    raise money.MoneyError(
+        f"reference {reference!r} was already used for a {row.reason} of ${money.usd_text(row.amount_nanos)} "
+        f"to user {row.user_id}: nothing was credited; use another reference"
+    )
+
+
+async def _append(
+    conn: AsyncConnection, user_id: int, amount: int, reason: str, note: str | None, reference: str | None = None
+) -> None:
+    """One ledger row (top-ups, bonuses and grants; calls write theirs in ledger_sql's batches)."""
+    values = {"user_id": user_id, "amount_nanos": amount, "reason": reason, "note": note, "reference": reference}
+    await conn.execute(insert(ledger).values(**values, created_at=dt.datetime.now(dt.UTC)))
 
 
 async def _credit(conn: AsyncConnection, user_id: int, nanos: int, *, topup: bool = False) -> int:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.errors import GatewayError, InsufficientCredit
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
@@ -43,7 +43,7 @@ from aipower.storage import db, ledger_alone, ledger_spares
 from aipower.storage.batch import AlchemyBatch
 from aipower.storage.ledger_spares import Spares
 from aipower.storage.ledger_sql import Release, Result, Settle, Spare, run_batch
-from aipower.storage.tables import holds, ledger
+from aipower.storage.tables import holds
 
 Op = TypeVar("Op")
 
@@ -417,14 +417,6 @@ def _answer(future: asyncio.Future[Result], result: Result | Exception) -> None:
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-async def _append(
-    conn: AsyncConnection, user_id: int, amount: int, reason: str, request_id: str | None, note: str | None
-) -> None:
-    """One ledger row (top-ups and grants; calls write theirs in ledger_sql's batches)."""
-    values = {"user_id": user_id, "amount_nanos": amount, "reason": reason, "request_id": request_id, "note": note}
-    await conn.execute(insert(ledger).values(**values, created_at=dt.datetime.now(dt.UTC)))
 
 
 async def release(engine: AsyncEngine, hold_id: str) -> bool:

@@ -92,7 +92,16 @@ ledger = Table(
     Column("request_id", String(64), nullable=True),
     Column("note", String(200), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # A top-up's or grant's outside reference (a payment or invoice id): credited at most once (migration 0008).
+    Column("reference", String(200), nullable=True),
     Index("ix_ledger_user", "user_id", "id"),
+    Index(  # partial: a call's row (no reference) writes no page of it
+        "ux_ledger_reference",
+        "reference",
+        unique=True,
+        sqlite_where=text("reference IS NOT NULL"),
+        postgresql_where=text("reference IS NOT NULL"),
+    ),
 )
 
 request_log = Table(

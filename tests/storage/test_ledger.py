@@ -179,3 +179,30 @@ async def test_verify_finds_a_tampered_balance(engine: AsyncEngine) -> None:
     assert [p.user_id for p in problems] == [user_id]
     async with engine.begin() as conn:
         await conn.execute(update(users_table).where(users_table.c.id == user_id).values(balance_nanos=USD))
+
+
+async def test_a_reference_credited_from_several_processes_at_once_is_credited_once(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    """The same payment credited by four processes at the same moment (a webhook delivered twice, two operators):
+    one credits it, the others find it credited; the same reference for two users: one of them is refused."""
+    user_id, _ = await new_account(engine)
+    other_id, _ = await new_account(engine)
+    others = [db.make_engine(database_url) for _ in range(4)]
+    try:
+        outcomes = await asyncio.gather(
+            *(accounts.top_up(e, user_id, Decimal(5), RULES, None, "pay-1") for e in others), return_exceptions=True
+        )
+        assert sorted(type(o).__name__ for o in outcomes) == ["AlreadyCredited"] * 3 + ["int"]
+        crossed = await asyncio.gather(
+            accounts.grant(others[0], user_id, Decimal(2), None, "pay-2"),
+            accounts.grant(others[1], other_id, Decimal(2), None, "pay-2"),
+            return_exceptions=True,
+        )
+    finally:
+        for other in others:
+            await other.dispose()
+    assert sorted(type(o).__name__ for o in crossed) == ["MoneyError", "int"]
+    balances = [(await accounts.balance(engine, uid)).balance_nanos for uid in (user_id, other_id)]
+    assert sum(balances) == 6 * USD + 2 * USD  # $5 + the first bonus, once; one grant of $2
+    assert await accounts.verify(engine) == []

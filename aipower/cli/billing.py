@@ -4,36 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+from pathlib import Path
 from typing import TypeVar
 
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aipower import catalog as catalog_file
+from aipower.cli.params import USD, catalog_option, load_catalog, note
 from aipower.cli.storage import run
 from aipower.gateway.protocols import Balance
 from aipower.money import MoneyError, credits_text, format_usd, usd_text
-from aipower.settings import from_environ
 from aipower.storage import accounts
 from aipower.storage import ledger as ledger_store
 from aipower.storage import users as user_store
 
-
-class Usd(click.ParamType[Decimal]):
-    name = "USD"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
-        try:
-            amount = Decimal(str(value))
-        except InvalidOperation:
-            self.fail(f"{value!r} is not an amount in USD (e.g. 20 or 4.99)", param, ctx)
-        if not amount.is_finite() or amount < 0:
-            self.fail(f"{value!r} must be a positive amount", param, ctx)
-        return amount
-
-
-USD = Usd()
 T = TypeVar("T")
 
 
@@ -51,11 +36,12 @@ _REFERENCE_HELP = (
 @credits.command("add")
 @click.argument("email")
 @click.argument("usd", type=USD)
-@click.option("--reason", default=None, help="A note stored on the ledger row.")
+@click.option("--reason", default=None, callback=note, help="A note stored on the ledger row.")
 @click.option("--reference", default=None, help=_REFERENCE_HELP)
-def add(email: str, usd: Decimal, reason: str | None, reference: str | None) -> None:
+@catalog_option
+def add(email: str, usd: Decimal, reason: str | None, reference: str | None, catalog_paths: tuple[Path, ...]) -> None:
     """Credit a top-up of USD (counts for the tier unlock and earns the configured bonuses)."""
-    rules = catalog_file.load(from_environ().catalog_paths).billing
+    rules = load_catalog(catalog_paths).billing
 
     async def operation(engine: AsyncEngine) -> int:
         user = await user_store.find(engine, email)
@@ -69,7 +55,7 @@ def add(email: str, usd: Decimal, reason: str | None, reference: str | None) -> 
 @credits.command("grant")
 @click.argument("email")
 @click.argument("usd", type=USD)
-@click.option("--reason", default=None, help="A note stored on the ledger row.")
+@click.option("--reason", default=None, callback=note, help="A note stored on the ledger row.")
 @click.option("--reference", default=None, help=_REFERENCE_HELP)
 def grant(email: str, usd: Decimal, reason: str | None, reference: str | None) -> None:
     """Gift USD to a user (no bonus, does not unlock the premium models)."""
@@ -137,7 +123,11 @@ def ledger() -> None:
 @ledger.command("verify")
 @click.option("--repair", is_flag=True, help="Release holds abandoned by a crashed process (no charge).")
 @click.option(
-    "--older-than", type=int, default=3600, show_default=True, help="Seconds before a hold counts as abandoned."
+    "--older-than",
+    type=click.IntRange(min=0),
+    default=3600,
+    show_default=True,
+    help="Seconds before a hold counts as abandoned (a call still running then is charged at its end all the same).",
 )
 def verify(repair: bool, older_than: int) -> None:
     """Prove every balance equals the sum of its ledger (plus open holds); exit 1 if not."""

@@ -8,6 +8,7 @@ from decimal import Decimal
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from aipower.cli.params import USD
 from aipower.cli.storage import run
 from aipower.money import usd_to_nanos
 from aipower.storage import keys as key_store
@@ -69,19 +70,26 @@ def revoke(key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+def _spend_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
+    """None for no limit ('none' or not given); else an amount in USD (a bad one is refused: exit status 2)."""
+    return None if value in (None, "none") else USD.convert(value, param, ctx)
+
+
 @keys.command("restrict")
 @click.argument("key_id")
 @click.option("--expires", default=None, help="Expiry as an ISO date/time in UTC (e.g. 2026-12-31), or 'never'.")
 @click.option("--models", default=None, help="Comma-separated model ids the key may use, or 'any'.")
-@click.option("--spend-limit", default=None, help="Lifetime spend limit of the key in USD, or 'none'.")
-def restrict(key_id: str, expires: str | None, models: str | None, spend_limit: str | None) -> None:
+@click.option(
+    "--spend-limit", default=None, callback=_spend_limit, help="Lifetime spend limit of the key in USD, or 'none'."
+)
+def restrict(key_id: str, expires: str | None, models: str | None, spend_limit: Decimal | None) -> None:
     """Set KEY_ID's expiry, allowed models and spend limit (options not given are cleared)."""
     restriction = key_store.KeyRestriction(
         expires_at=_expiry(expires),
         allowed_models=frozenset(m.strip() for m in models.split(",") if m.strip())
         if models and models != "any"
         else None,
-        spend_limit_nanos=None if spend_limit in (None, "none") else usd_to_nanos(Decimal(spend_limit)),
+        spend_limit_nanos=None if spend_limit is None else usd_to_nanos(spend_limit),
     )
     try:
         run(lambda engine: key_store.restrict(engine, key_id, restriction))

@@ -6,24 +6,18 @@ from pathlib import Path
 
 import click
 
-from aipower import catalog as catalog_file
+from aipower.cli.params import catalog_option, load_catalog
 from aipower.gateway.deployments import provider_key
 from aipower.money import format_usd
 from aipower.settings import from_environ
 
 
 @click.command()
-@click.option(
-    "--catalog",
-    "catalog_paths",
-    multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="An operator catalog file merged over the shipped one (repeatable).",
-)
+@catalog_option
 def models(catalog_paths: tuple[Path, ...]) -> None:
     """Print the model catalog: ids, names, prices (USD per 1M tokens), context, free tier, provider key."""
     settings = from_environ()
-    catalog = catalog_file.load(catalog_paths or settings.catalog_paths)
+    catalog = load_catalog(catalog_paths)
     click.echo(f"{'MODEL':<28} {'NAME':<18} {'INPUT':>7} {'OUTPUT':>7} {'CONTEXT':>9} {'FREE':<5} KEY")
     for m in catalog.models.values():
         keyed = "yes" if provider_key(catalog.providers[m.provider], settings.provider_env) else "-"

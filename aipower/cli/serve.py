@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from aipower import settings as settings_module
 from aipower.app import build_deployments, create_app, tune_collector
 from aipower.cli.http_protocol import HeadWithBodyProtocol
+from aipower.cli.params import catalog_option
 from aipower.settings import Settings
 from aipower.storage import accounts, db, ledger
 
@@ -24,13 +25,7 @@ from aipower.storage import accounts, db, ledger
 @click.option("--host", default=None, help="Interface to listen on [default: 127.0.0.1, AIPOWER_HOST].")
 @click.option("--port", type=int, default=None, help="Port [default: 8000, AIPOWER_PORT].")
 @click.option("--workers", type=int, default=None, help="Worker processes [default: 1, AIPOWER_WORKERS].")
-@click.option(
-    "--catalog",
-    "catalog_paths",
-    multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="Operator catalog file merged over the shipped one (repeatable) [AIPOWER_CATALOG].",
-)
+@catalog_option
 def serve(host: str | None, port: int | None, workers: int | None, catalog_paths: tuple[Path, ...]) -> None:
     """Start the gateway (creates and migrates the database on first start)."""
     settings = settings_module.from_environ().with_overrides(
@@ -41,6 +36,11 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
             f"--workers {settings.workers} needs AIPOWER_REDIS_URL: with in-process counters every worker would "
             f"enforce its own rate limits, multiplying them by {settings.workers}. Start Redis and set "
             "AIPOWER_REDIS_URL=redis://127.0.0.1:6379/0, or run one worker per process behind a balancer."
+        )
+    if settings.stale_hold_seconds < 0:
+        raise click.ClickException(
+            f"AIPOWER_STALE_HOLD_SECONDS={settings.stale_hold_seconds}: give 0 or more seconds (a hold older than that "
+            "is taken for one a stopped process left, and released)"
         )
     protocol = _protocol(settings)
     _migrate(settings)

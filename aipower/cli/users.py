@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from aipower import catalog as catalog_file
+from aipower.cli.params import catalog_option, load_catalog
 from aipower.cli.storage import run
-from aipower.settings import from_environ
 from aipower.storage import users as user_store
 
 
@@ -17,11 +18,12 @@ def users() -> None:
 
 @users.command("create")
 @click.argument("email")
-def create(email: str) -> None:
+@catalog_option
+def create(email: str, catalog_paths: tuple[Path, ...]) -> None:
     """Create a user with this EMAIL."""
     if "@" not in email:
         raise click.BadParameter("expected an email address", param_hint="EMAIL")
-    trial_calls = catalog_file.load(from_environ().catalog_paths).billing.trial_calls
+    trial_calls = load_catalog(catalog_paths).billing.trial_calls
     try:
         user = run(lambda engine: user_store.create(engine, email, trial_calls))
     except user_store.UserExists as exc:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.errors import GatewayError, InsufficientCredit
@@ -420,13 +420,23 @@ def _answer(future: asyncio.Future[Result], result: Result | Exception) -> None:
 
 
 async def release(engine: AsyncEngine, hold_id: str) -> bool:
-    """Settle an abandoned hold (its process died mid-call) at no charge; False if it was already settled."""
+    """Release a hold its process abandoned (it died mid-call; repair): its money goes back, uncharged, and its row is
+    deleted, in one transaction. False if it was settled or released meanwhile.
+
+    Deleted, not closed: if its call was still running after all (repair run with too short an age, a call longer than
+    it), that call's settle finds no row and charges the balance as for a hold a database crash lost
+    (ledger_sql._settle_lost), log row included, so a served call is paid for, from what the balance holds then."""
     async with engine.begin() as conn:
-        row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).one()
+        row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).first()
+        if row is None:  # released before
+            return False
         hold = Hold(row.id, row.user_id, row.key_id, row.amount_nanos, _mode(row.mode), row.spend_day)
         work = partial(run_batch, settles=[Release(hold, row.request_id, "released by repair")], reserves=[])
         results = await conn.run_sync(lambda sync: work(AlchemyBatch(sync)))
-    return results[0] is not None
+        if results[0] is None:
+            return False
+        await conn.execute(delete(holds).where(holds.c.id == hold_id))
+    return True
 
 
 def _mode(text: str) -> BillingMode:

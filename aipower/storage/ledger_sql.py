@@ -424,10 +424,11 @@ def _close_alone(conn: BatchConnection, item: Settle, writes: _Writes, users: li
 
 
 def _settle_lost(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
-    """Settle a hold that has no row: its reserve committed asynchronously and a database crash lost it, with the
-    balance (or trial call) it took. The call was served, so the charge comes from the balance now, at most what
-    it has (as a charge above a hold does; the key's spend too, and the day's if the account already counts
-    that day), and the hold's row is written, closed."""
+    """Settle a hold that has no row: repair released it while its call still ran (ledger.release), or its reserve
+    committed asynchronously and a database crash lost it; either way the balance (or trial call) it took is back.
+    The call was served, so the charge comes from the balance now, at most what it has (as a charge above a hold
+    does; the key's spend too, and the day's if the account already counts that day), and the hold's row is
+    written, closed."""
     hold = item.hold
     mode = hold.mode
     if mode == "trial" and conn.run(TAKE_TRIAL, {"p_uid": hold.user_id}) != 1:
@@ -438,8 +439,8 @@ def _settle_lost(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
     charged = _settle_one(conn, dataclasses.replace(item, hold=unheld), writes)
     charge = 0 if isinstance(item, Release) else item.charge
     logger.warning(
-        "ledger: hold %s (user %s, request %s) has no row (its reserve, committed asynchronously, lost in a "
-        "database crash?): charged %d of %d nanos from the balance",
+        "ledger: hold %s (user %s, request %s) has no row (released by repair while its call ran, or its reserve, "
+        "committed asynchronously, lost in a database crash): charged %d of %d nanos from the balance",
         hold.id, hold.user_id, request_id, charged, charge,
     )  # fmt: skip
     return charged

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.cli.conftest import Invoke, query
 
 
@@ -44,7 +46,7 @@ def test_bad_amounts_and_unknown_users_are_refused(invoke: Invoke, email: str) -
     assert invoke(["credits", "add", email, "ten"]).exit_code == 2
     assert invoke(["credits", "add", email, "-5"]).exit_code == 2
     assert invoke(["credits", "add", email, "0"]).exit_code == 1
-    assert invoke(["credits", "add", email, "0.0000000001"]).exit_code == 1  # finer than a nano-USD
+    assert invoke(["credits", "add", email, "0.0000000001"]).exit_code == 2  # finer than a nano-USD
     missing = invoke(["credits", "add", "nobody@example.com", "5"])
     assert missing.exit_code == 1 and "no user" in missing.stderr
 
@@ -92,6 +94,14 @@ def test_key_restrictions_and_limits(invoke: Invoke, email: str, database_url: s
     assert str(row["expires_at"]).startswith("2030-01-01")
     assert invoke(["keys", "restrict", key_id, "--expires", "soon"]).exit_code == 2
     assert invoke(["keys", "limit", "key_nope", "--rpm", "1"]).exit_code == 1
+    # A bad spend limit is a usage error, not a traceback, and leaves the key as it was (a negative one was stored:
+    # the key then answered 402 for ever).
+    for bad in ("-5", "ten", "NaN", "1e30", "0.0000000001"):
+        refused = invoke(["keys", "restrict", key_id, "--spend-limit", bad])
+        assert refused.exit_code == 2 and "--spend-limit" in refused.stderr, (bad, refused.output)
+    assert query(database_url, "SELECT spend_limit_nanos FROM api_keys WHERE id = :id", id=key_id)[0] == {
+        "spend_limit_nanos": 3_000_000_000
+    }
 
 
 def _tamper(database_url: str, email: str, nanos: int) -> None:
@@ -150,3 +160,28 @@ def test_a_reference_used_for_another_credit_is_refused(invoke: Invoke, email: s
     too_long = invoke(["credits", "add", email, "5", "--reference", "x" * 201])
     assert too_long.exit_code == 1 and "1 to 200 characters" in too_long.stderr
     assert invoke(["ledger", "verify"]).exit_code == 0
+
+
+def test_money_commands_refuse_bad_notes_and_ages(invoke: Invoke, email: str) -> None:
+    """A note longer than the ledger keeps was stored whole by SQLite and a traceback on PostgreSQL; a negative age
+    released every open hold, live calls' included."""
+    user(invoke, email)
+    long_note = invoke(["credits", "add", email, "5", "--reason", "x" * 201])
+    assert long_note.exit_code == 2 and "at most 200 characters" in long_note.stderr
+    assert invoke(["credits", "grant", email, "5", "--reason", "x" * 200]).exit_code == 0
+    assert invoke(["ledger", "verify", "--repair", "--older-than", "-86400"]).exit_code == 2
+    assert "balance:      $5.00" in invoke(["balance", email]).stdout
+
+
+def test_users_and_top_ups_read_the_catalog_serve_reads(invoke: Invoke, email: str, tmp_path: Path) -> None:
+    """`serve --catalog ops.toml` bills by that file's [billing]; so do `users create` and `credits add` given the
+    same flag (they read only AIPOWER_CATALOG: the shipped trial calls and bonuses were applied)."""
+    ops = tmp_path / "ops.toml"
+    ops.write_text(
+        '[billing]\ntrial_calls = 3\nunlock_topup_usd = "5"\nfirst_topup_bonus = { min_usd = "10", credits = 50 }\n'
+        "topup_bonus = []\n"
+    )
+    created = invoke(["users", "create", email, "--catalog", str(ops)])
+    assert created.exit_code == 0 and "3 free trial calls" in created.stdout, created.output
+    added = invoke(["credits", "add", email, "100", "--catalog", str(ops)])
+    assert added.exit_code == 0 and "$100.50" in added.stdout, added.output  # 50 credits, no tier bonus

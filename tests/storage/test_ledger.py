@@ -8,7 +8,7 @@ import secrets
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower import catalog as catalog_file
@@ -16,7 +16,7 @@ from aipower import money
 from aipower.errors import InsufficientCredit, PermissionDenied
 from aipower.gateway.protocols import Hold, HoldRequest, LogEntry, Settlement
 from aipower.storage import accounts, db, keys, ledger, users
-from aipower.storage.tables import holds
+from aipower.storage.tables import holds, request_log
 
 RULES = catalog_file.load().billing
 USD = 1_000_000_000
@@ -163,9 +163,28 @@ async def test_repair_releases_abandoned_holds_without_charging(engine: AsyncEng
     assert await ledger.release(engine, hold.id) is True
     assert await ledger.release(engine, hold.id) is False
     assert (await accounts.balance(engine, user_id)).balance_nanos == USD
-    late = ledger.SqlLedger(engine)
-    assert await late.settle(settlement(hold, 100)) == 0  # the late settle charges nothing
-    await late.close()
+    assert await accounts.verify(engine) == []
+
+
+@pytest.mark.parametrize("spares", [False, True])
+async def test_a_call_whose_hold_repair_released_is_still_charged_and_logged(engine: AsyncEngine, spares: bool) -> None:
+    """Repair run while the call was still going (a rolling deploy's new process, `--older-than` too short, a stream
+    longer than the stale age): the served call's settle charges the balance and logs the call (the review's find:
+    it was served free, unlogged, with `ledger verify` still saying ok)."""
+    user_id, key_id = await new_account(engine, "1")
+    book = ledger.SqlLedger(engine, spares=spares)
+    hold = await book.reserve(hold_request(user_id, key_id, 2000))
+    assert await ledger.release(engine, hold.id) is True  # the call is still running in `book`
+    assert (await accounts.balance(engine, user_id)).balance_nanos == USD
+    done = settlement(hold, 300)
+    assert await book.settle(done) == 300
+    assert await book.settle(done) == 0  # a second settle of the same call never charges again
+    await book.close()
+    assert (await accounts.balance(engine, user_id)).balance_nanos == USD - 300
+    async with engine.connect() as conn:
+        logged = (await conn.execute(select(request_log.c.charged_nanos).where(
+            request_log.c.request_id == done.entry.request_id))).scalars().all()  # fmt: skip
+    assert logged == [300]
     assert await accounts.verify(engine) == []
 
 

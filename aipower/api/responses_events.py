@@ -346,6 +346,11 @@ def echo(parsed: ResponsesRequestIn, store: bool) -> dict[str, Any]:
         "top_p": parsed.top_p,
         "truncation": parsed.truncation or "disabled",
         "user": parsed.user,
+        "prompt_cache_key": parsed.prompt_cache_key,
+        "prompt_cache_retention": parsed.prompt_cache_retention,
+        "safety_identifier": parsed.safety_identifier,
+        "top_logprobs": parsed.top_logprobs,
+        "max_tool_calls": parsed.max_tool_calls,
     }
 
 

@@ -218,6 +218,19 @@ class ResponsesRequestIn(_Config):
     user: str | None = None
     include: list[str] | None = None  # we always return what there is (reasoning, its encrypted_content)
     truncation: Literal["auto", "disabled"] | None = None
+    # Forwarded as chat completions forwards them (ChatRequest.extra).
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None = None
+    # Validated, then echoed: logprobs are not relayed, and max_tool_calls bounds built-in tools, which we lack.
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tool_calls: int | None = None
+    background: bool | None = None  # true is refused in parse_request
+
+
+# Chat Completions takes these under the same names and forwards them verbatim; so does this endpoint.
+_FORWARDED = ("prompt_cache_key", "prompt_cache_retention", "safety_identifier", "service_tier")
 
 
 def parse_request(body: bytes) -> ResponsesRequestIn:
@@ -228,6 +241,13 @@ def parse_request(body: bytes) -> ResponsesRequestIn:
         raise _invalid(exc) from None
     for i, tool in enumerate(parsed.tools or ()):
         require_finite(tool.parameters, f"tools[{i}].parameters")
+    if parsed.background:
+        raise InvalidRequest(
+            "Background responses (background: true) are not supported by this gateway; "
+            "send background: false or leave it out, and stream instead.",
+            param="background",
+            code="unsupported_parameter",
+        )
     return parsed
 
 
@@ -254,6 +274,10 @@ def build_chat(parsed: ResponsesRequestIn, items: Sequence[Item], first_new: int
         extra["parallel_tool_calls"] = parsed.parallel_tool_calls
     if parsed.text and parsed.text.verbosity is not None:
         extra["verbosity"] = parsed.text.verbosity
+    for name in _FORWARDED:
+        value = getattr(parsed, name)
+        if value is not None:
+            extra[name] = value
     return ChatRequest(
         model=parsed.model,
         messages=system + to_messages(items, first_new),

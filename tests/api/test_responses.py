@@ -376,6 +376,11 @@ def test_another_users_response_is_404(client: openai.OpenAI, other_client: open
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
         ({"input": "hi", "temperature": "hot"}, "temperature"),
+        ({"input": "hi", "service_tier": "turbo"}, "service_tier"),
+        ({"input": "hi", "safety_identifier": "x" * 65}, "safety_identifier"),
+        ({"input": "hi", "top_logprobs": 21}, "top_logprobs"),
+        ({"input": "hi", "prompt_cache_retention": "forever"}, "prompt_cache_retention"),
+        ({"input": "hi", "max_tool_calls": "3"}, "max_tool_calls"),
         ({}, "input"),
     ],
 )
@@ -386,6 +391,37 @@ def test_bad_requests_are_400_with_param(
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
     assert reply.json()["error"]["type"] == "invalid_request_error"
+    assert upstream.requests == []
+
+
+def test_documented_request_fields_are_accepted(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    """CreateResponse fields beyond the core: Codex-style clients send prompt_cache_key on every call. What chat
+    completions forwards goes upstream under the same name; the rest is validated and echoed."""
+    response = client.responses.create(
+        model=DEEPSEEK,
+        input="hi",
+        prompt_cache_key="thread-7",
+        prompt_cache_retention="24h",
+        safety_identifier="user-5f2a",
+        service_tier="flex",
+        top_logprobs=2,
+        max_tool_calls=3,
+        background=False,
+    )
+    assert response.status == "completed" and response.background is False
+    echoed = (response.prompt_cache_key, response.safety_identifier, response.top_logprobs, response.max_tool_calls)
+    assert echoed == ("thread-7", "user-5f2a", 2, 3)
+    sent = upstream.last.json
+    forwarded = ("prompt_cache_key", "prompt_cache_retention", "safety_identifier", "service_tier")
+    assert [sent.get(name) for name in forwarded] == ["thread-7", "24h", "user-5f2a", "flex"]
+    assert not {"top_logprobs", "max_tool_calls", "background", "logprobs"} & sent.keys()
+
+
+def test_background_true_is_refused(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=DEEPSEEK, input="hi", background=True)
+    assert caught.value.param == "background"
+    assert "not supported by this gateway" in caught.value.message
     assert upstream.requests == []
 
 

@@ -174,7 +174,7 @@ async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> Asy
     except GatewayError as exc:
         # After the first byte there is no status code left: the stream ends with response.failed.
         output.abandon()
-        record = draft.record(model, "failed", output, {"code": exc.code, "message": exc.message})
+        record = draft.record(model, "failed", output, _failure(exc))
     finally:
         await session.events.aclose()
     if draft.store:
@@ -183,6 +183,14 @@ async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> Asy
         record.status, "response.failed"
     )
     yield frames.frame(final, {"response": render_response(record)})
+
+
+def _failure(exc: GatewayError) -> dict[str, Any]:
+    """response.failed's error: `code` is one of the contract's ResponseErrorCode values (a rate limit, or else a
+    server error); the gateway's own code stays readable in the message."""
+    code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+    message = exc.message if exc.code in (None, code) else f"{exc.message} (code: {exc.code})"
+    return {"code": code, "message": message}
 
 
 async def get_response(request: Request) -> Response:

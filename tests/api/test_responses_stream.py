@@ -208,8 +208,21 @@ def test_error_mid_stream_is_response_failed(client: openai.OpenAI, upstream: Fa
     ]
     failed = events[-1].response
     assert failed.status == "failed" and failed.error is not None and "Overloaded" in failed.error.message
+    assert failed.error.code == "server_error"  # ResponseErrorCode has no gateway codes: ours is in the message
+    assert "(code: upstream_unavailable)" in failed.error.message
     assert failed.output_text == "Hello" and failed.output[0].status == "incomplete"
     assert client.responses.retrieve(failed.id).status == "failed"
+
+
+def test_rate_limit_mid_stream_is_rate_limit_exceeded(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    overloaded = (WIRE / "anthropic" / "stream-error.sse").read_bytes()
+    limited = overloaded.replace(
+        b'"overloaded_error","message":"Overloaded"', b'"rate_limit_error","message":"Slow down"'
+    )
+    upstream.enqueue(RawReply(limited, media_type="text/event-stream"))
+    failed = collect(client, model=CLAUDE, input="hello")[-1].response
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "rate_limit_exceeded" and "Slow down" in failed.error.message
 
 
 def test_error_before_the_first_byte_is_an_http_error(client: openai.OpenAI, upstream: FakeUpstream) -> None:

@@ -7,7 +7,7 @@ an identity mapping.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -38,6 +38,7 @@ class Reasoning:
     text: str
     signature: str | None = None  # opaque provider data, echoed back on the next turn
     redacted: bool = False  # encrypted reasoning (Anthropic redacted_thinking): no text, the data is `signature`
+    origin: str | None = None  # the model id that made the signature, when known: see for_model()
 
 
 Part = Text | Image | ToolCall | Reasoning
@@ -155,3 +156,25 @@ StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finish | UsageReport
 def message_text(message: Message) -> str:
     """The concatenated text parts of a message."""
     return "".join(part.text for part in message.parts if isinstance(part, Text))
+
+
+def for_model(request: ChatRequest, model_id: str) -> ChatRequest:
+    """The request as `model_id` receives it: reasoning another model signed (its `origin`) keeps its text but not the
+    signature, which only the model that made it accepts, and goes when the signature was all it had."""
+    if not any(isinstance(p, Reasoning) and _foreign(p, model_id) for m in request.messages for p in m.parts):
+        return request
+    return replace(request, messages=tuple(replace(m, parts=_parts_for(m.parts, model_id)) for m in request.messages))
+
+
+def _parts_for(parts: tuple[Part, ...], model_id: str) -> tuple[Part, ...]:
+    kept: list[Part] = []
+    for part in parts:
+        if not isinstance(part, Reasoning) or not _foreign(part, model_id):
+            kept.append(part)
+        elif part.text and not part.redacted:
+            kept.append(Reasoning(part.text))
+    return tuple(kept)
+
+
+def _foreign(part: Reasoning, model_id: str) -> bool:
+    return part.signature is not None and part.origin is not None and part.origin != model_id

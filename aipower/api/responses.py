@@ -95,9 +95,9 @@ async def create_response(request: Request) -> Response:
     parsed = wire.parse_request(await read_body(request, ctx.max_body_bytes))
     if parsed.previous_response_id is not None:
         own_account(caller, "previous_response_id")
-    history = await _history(ctx, caller, parsed.previous_response_id, parsed.model)
+    history, origins = await _history(ctx, caller, parsed.previous_response_id)
     items = wire.input_items(parsed)
-    chat = wire.build_chat(parsed, history + items, first_new=len(history))
+    chat = wire.build_chat(parsed, history + items, first_new=len(history), origins=origins)
     store = parsed.store is not False and not caller.is_demo  # what a demo caller stores, every demo caller could read
     draft = _Draft(
         id=wire.new_id("resp"),
@@ -128,33 +128,25 @@ async def create_response(request: Request) -> Response:
     return Response(orjson.dumps(render_response(record)), media_type="application/json", headers=headers)
 
 
-async def _history(ctx: ApiContext, caller: Caller, previous_id: str | None, model: str) -> list[wire.Item]:
-    """The items of the previous_response_id chain, oldest first (inputs and outputs, no instructions).
-
-    Reasoning signatures only go back to the model that made them: another provider would reject them.
+async def _history(
+    ctx: ApiContext, caller: Caller, previous_id: str | None
+) -> tuple[list[wire.Item], list[str | None]]:
+    """The items of the previous_response_id chain, oldest first (inputs and outputs, no instructions), and for each
+    the model that produced it (None for an input). The gateway sends a reasoning signature only to the model that
+    made it (another would reject it); which model serves the new turn is known only there (smart routes, failover).
     """
     if previous_id is None:
-        return []
+        return [], []
     chain = await ctx.responses.chain(caller.user_id, previous_id)
     if not chain:
         raise _not_found(previous_id, "previous_response_id")
     items: list[wire.Item] = []
+    origins: list[str | None] = []
     for stored in chain:
-        items += wire.parse_items(stored.input_items_json)
-        output = wire.parse_items(stored.output_items_json)
-        items += output if stored.model == model else _unsigned(output)
-    return items
-
-
-def _unsigned(items: list[wire.Item]) -> list[wire.Item]:
-    """The items without provider signatures: reasoning keeps its text, and goes when it had none."""
-    kept: list[wire.Item] = []
-    for item in items:
-        if not isinstance(item, wire.ReasoningItemIn) or item.encrypted_content is None:
-            kept.append(item)
-        elif item.content or item.summary:
-            kept.append(item.model_copy(update={"encrypted_content": None}))
-    return kept
+        inputs, outputs = wire.parse_items(stored.input_items_json), wire.parse_items(stored.output_items_json)
+        items += inputs + outputs
+        origins += [None] * len(inputs) + [stored.model] * len(outputs)
+    return items, origins
 
 
 async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> AsyncGenerator[bytes, None]:

@@ -262,8 +262,11 @@ def input_items(parsed: ResponsesRequestIn) -> list[Item]:
     return list(parsed.input)
 
 
-def build_chat(parsed: ResponsesRequestIn, items: Sequence[Item], first_new: int) -> ChatRequest:
-    """The internal request: instructions, then every item (history first); `first_new` indexes this input."""
+def build_chat(
+    parsed: ResponsesRequestIn, items: Sequence[Item], first_new: int, origins: Sequence[str | None] = ()
+) -> ChatRequest:
+    """The internal request: instructions, then every item (history first); `first_new` indexes this input, and
+    `origins` names the model that produced each history item (see to_messages)."""
     system = (Message("system", (Text(parsed.instructions),)),) if parsed.instructions is not None else ()
     fmt = parsed.text.format if parsed.text else None
     tool_choice = parsed.tool_choice
@@ -280,7 +283,7 @@ def build_chat(parsed: ResponsesRequestIn, items: Sequence[Item], first_new: int
             extra[name] = value
     return ChatRequest(
         model=parsed.model,
-        messages=system + to_messages(items, first_new),
+        messages=system + to_messages(items, first_new, origins),
         tools=tuple(Tool(t.name, t.description, t.parameters, t.strict) for t in parsed.tools or ()),
         tool_choice=tool_choice.name if isinstance(tool_choice, FunctionChoiceIn) else tool_choice,
         max_tokens=parsed.max_output_tokens,
@@ -304,8 +307,9 @@ def _format(fmt: FormatTextIn | FormatJsonObjectIn | FormatJsonSchemaIn | None) 
             return ResponseFormat(fmt.type)
 
 
-def to_messages(items: Sequence[Item], first_new: int = 0) -> tuple[Message, ...]:
-    """Chat messages for items; consecutive assistant-side items (reasoning, message, calls) form one turn."""
+def to_messages(items: Sequence[Item], first_new: int = 0, origins: Sequence[str | None] = ()) -> tuple[Message, ...]:
+    """Chat messages for items; consecutive assistant-side items (reasoning, message, calls) form one turn. A
+    signature keeps the model that made it (`origins[i]`, for stored items) so that only that model gets it back."""
     messages: list[Message] = []
     for i, item in enumerate(items):
         param = f"input[{i - first_new}]"
@@ -322,7 +326,7 @@ def to_messages(items: Sequence[Item], first_new: int = 0) -> tuple[Message, ...
             case FunctionCallIn():
                 _assistant(messages, (ToolCall(item.call_id, item.name, item.arguments),))
             case ReasoningItemIn():
-                _assistant(messages, (_reasoning(item),))
+                _assistant(messages, (_reasoning(item, origins[i] if i < len(origins) else None),))
             case _:
                 assert_never(item)
     return tuple(messages)
@@ -366,11 +370,11 @@ def _output_parts(content: str | Sequence[OutputTextIn | RefusalIn]) -> tuple[Pa
     return tuple(Text(p.text) if isinstance(p, OutputTextIn) else Text(p.refusal) for p in content)
 
 
-def _reasoning(item: ReasoningItemIn) -> Reasoning:
+def _reasoning(item: ReasoningItemIn, origin: str | None) -> Reasoning:
     texts = item.content if item.content is not None else item.summary
     text = "".join(t.text for t in texts)
     redacted = item.content is None and not item.summary and item.encrypted_content is not None
-    return Reasoning(text, item.encrypted_content, redacted=redacted)
+    return Reasoning(text, item.encrypted_content, redacted=redacted, origin=origin)
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:

@@ -23,7 +23,7 @@ from aipower.gateway.admission import Admission, Ticket, rate_headers
 from aipower.gateway.protocols import Caller, Hold, HoldRequest, Ledger, LogEntry, RequestLog, Settlement, Upstream
 from aipower.gateway.routing import Deployments, Plan, Router
 from aipower.gateway.stream_meter import StreamMeter
-from aipower.messages import ChatRequest, ChatResponse, StreamEvent, Usage, UsageReport, message_text
+from aipower.messages import ChatRequest, ChatResponse, StreamEvent, Usage, UsageReport, for_model, message_text
 from aipower.money import usd_to_nanos
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class Gateway:
     async def _call(self, call: _Call, targets: list[Target]) -> ChatResponse:
         async def attempt(target: Target) -> ChatResponse:
             began = self._router.clock()
-            response = await self._upstream.complete(target, call.request)
+            response = await self._upstream.complete(target, for_model(call.request, target.model.id))
             await self._router.succeeded(target, began, response.usage)
             return response
 
@@ -220,7 +220,7 @@ class Gateway:
     ) -> tuple[AsyncGenerator[StreamEvent, None], StreamEvent | None]:
         async def attempt(target: Target) -> tuple[AsyncGenerator[StreamEvent, None], StreamEvent | None]:
             began = self._router.clock()
-            events = self._upstream.stream(target, call.request)
+            events = self._upstream.stream(target, for_model(call.request, target.model.id))
             try:
                 first = await anext(events, None)
             except UpstreamError:

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from tests.api.conftest import dedicated_client
 from tests.conftest import Gateway, create_key
 from tests.fakes.upstream import FakeUpstream, JsonReply, completion
 
@@ -450,6 +451,68 @@ def test_signatures_stay_with_the_model_that_made_them(client: openai.OpenAI, up
     assert sent.path.startswith("/google/")
     assert body["content"][0]["signature"] not in sent.body.decode()  # Gemini would reject Anthropic's signature
     assert {"text": "Two"} in sent.json["contents"][1]["parts"]
+
+
+def thinking_then_tool_call() -> dict[str, Any]:
+    """A Claude turn with thinking on: a signed thinking block, then a tool_use."""
+    thinking = fixture("anthropic", "reasoning")["response"]["body"]["content"][0]
+    turn = fixture("anthropic", "tool-call")["response"]["body"]
+    return {**turn, "content": [thinking, *[b for b in turn["content"] if b["type"] == "tool_use"]]}
+
+
+def test_a_smart_route_gives_the_signature_back_to_the_model_that_made_it(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    """auto-code is served by a Claude model; asked again for auto-code, that model gets its signed thinking back (with
+    thinking on, Anthropic refuses a tool loop whose assistant turn does not open with it)."""
+    turn = thinking_then_tool_call()
+    upstream.enqueue(JsonReply(turn), anthropic_reply("plain-text"))
+    first = client.responses.create(
+        model="auto-code", input="Weather in Paris?", tools=[WEATHER_TOOL], reasoning={"effort": "low"}
+    )
+    assert first.model.startswith("anthropic/")
+    call = next(item for item in first.output if item.type == "function_call")
+    client.responses.create(
+        model="auto-code",
+        previous_response_id=first.id,
+        tools=[WEATHER_TOOL],
+        reasoning={"effort": "low"},
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
+    sent = upstream.last.json
+    assert sent["model"] == upstream.requests[0].json["model"]
+    assert sent["messages"][1]["content"][0] == turn["content"][0]  # thinking, signature and all
+    assert "thinking" in sent
+
+
+def test_a_failover_target_does_not_get_another_models_signature(
+    gateway: Gateway, upstream_url: str, upstream: FakeUpstream
+) -> None:
+    """The model that serves is known only per attempt: auto-best's Claude Opus made the signature, is overloaded on
+    the next turn, and the Gemini model the route fails over to gets the reasoning without it."""
+    turn = thinking_then_tool_call()
+    signature = turn["content"][0]["signature"]
+    overloaded = fixture("anthropic", "error-529")["response"]
+    with dedicated_client(gateway, upstream_url) as sdk:  # breakers of its own
+        upstream.enqueue(JsonReply(turn))
+        first = sdk.responses.create(model="auto-best", input="Weather in Paris?", tools=[WEATHER_TOOL])
+        assert first.model == "anthropic/claude-opus"
+        call = next(item for item in first.output if item.type == "function_call")
+        upstream.reset()
+        upstream.enqueue(
+            JsonReply(overloaded["body"], status=overloaded["status"]),
+            JsonReply({"error": {"message": "down", "type": "server_error"}}, status=503),
+            gemini_reply("plain-text"),
+        )
+        second = sdk.responses.create(
+            model="auto-best",
+            previous_response_id=first.id,
+            tools=[WEATHER_TOOL],
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        )
+    assert second.model == "google/gemini-2.5-pro"
+    claude, _, gemini = (r.body.decode() for r in upstream.requests)
+    assert signature in claude and signature not in gemini
 
 
 def test_an_id_with_a_nul_is_simply_not_found(gateway: Gateway) -> None:

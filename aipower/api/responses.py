@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,19 +23,43 @@ from aipower.api.auth import own_account
 from aipower.api.chat import read_body
 from aipower.api.context import ApiContext
 from aipower.api.event_stream import EventStreamResponse
+from aipower.api.responses_params import caller_param
 from aipower.errors import GatewayError, InvalidRequest, ModelNotFound
 from aipower.gateway.protocols import Caller, StoredResponse
 from aipower.gateway.service import StreamSession
 from aipower.money import usd_text
 
-# Adapters name the chat field at fault; a Responses caller knows it by another name.
-_PARAMS = {
-    "reasoning_effort": "reasoning.effort",
-    "max_tokens": "max_output_tokens",
-    "max_completion_tokens": "max_output_tokens",
-    "response_format": "text.format",
-    "verbosity": "text.verbosity",
-}
+
+@dataclass(slots=True)
+class _History:
+    """A previous_response_id chain, oldest first: its items (inputs and outputs, no instructions), the model that
+    produced each (None for an input), and the function calls left out because they were cut mid-stream (their
+    arguments are unfinished JSON, which no provider accepts)."""
+
+    items: list[wire.Item] = field(default_factory=list)
+    origins: list[str | None] = field(default_factory=list)
+    cut_calls: set[str] = field(default_factory=set)
+
+    def add(self, items: list[wire.Item], origin: str | None) -> None:
+        for item in items:
+            if isinstance(item, wire.FunctionCallIn) and item.status in ("in_progress", "incomplete"):
+                self.cut_calls.add(item.call_id)
+            elif not (isinstance(item, wire.FunctionCallOutputIn) and item.call_id in self.cut_calls):
+                self.items.append(item)
+                self.origins.append(origin)
+
+    def check(self, items: list[wire.Item]) -> None:
+        """An output for a call that was cut has no call to answer: a 400 rather than the provider's."""
+        sent = {item.call_id for item in items if isinstance(item, wire.FunctionCallIn)}
+        for i, item in enumerate(items):
+            if isinstance(item, wire.FunctionCallOutputIn) and item.call_id in self.cut_calls - sent:
+                raise InvalidRequest(
+                    f"The function call '{item.call_id}' of previous_response_id was cut short (its response did not "
+                    "complete), so it is not replayed and cannot take an output. Send the call with this input as a "
+                    "function_call item, or continue from another response.",
+                    param=f"input[{i}].call_id",
+                    code="invalid_value",
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +119,10 @@ async def create_response(request: Request) -> Response:
     parsed = wire.parse_request(await read_body(request, ctx.max_body_bytes))
     if parsed.previous_response_id is not None:
         own_account(caller, "previous_response_id")
-    history, origins = await _history(ctx, caller, parsed.previous_response_id)
+    history = await _history(ctx, caller, parsed.previous_response_id)
     items = wire.input_items(parsed)
-    chat = wire.build_chat(parsed, history + items, first_new=len(history), origins=origins)
+    history.check(items)
+    chat = wire.build_chat(parsed, history.items + items, first_new=len(history.items), origins=history.origins)
     store = parsed.store is not False and not caller.is_demo  # what a demo caller stores, every demo caller could read
     draft = _Draft(
         id=wire.new_id("resp"),
@@ -116,7 +141,7 @@ async def create_response(request: Request) -> Response:
             return EventStreamResponse(_stream(ctx, draft, session), headers, session.close)
         completion = await ctx.gateway.complete(caller, chat, draft.id)
     except InvalidRequest as exc:
-        exc.param = _PARAMS.get(exc.param or "", exc.param)
+        exc.param = caller_param(exc.param, parsed, history.items + items, len(history.items))
         raise
     choice = completion.response.choices[0]
     output = events.replay(choice.message, choice.finish_reason)
@@ -128,25 +153,20 @@ async def create_response(request: Request) -> Response:
     return Response(orjson.dumps(render_response(record)), media_type="application/json", headers=headers)
 
 
-async def _history(
-    ctx: ApiContext, caller: Caller, previous_id: str | None
-) -> tuple[list[wire.Item], list[str | None]]:
-    """The items of the previous_response_id chain, oldest first (inputs and outputs, no instructions), and for each
-    the model that produced it (None for an input). The gateway sends a reasoning signature only to the model that
-    made it (another would reject it); which model serves the new turn is known only there (smart routes, failover).
-    """
+async def _history(ctx: ApiContext, caller: Caller, previous_id: str | None) -> _History:
+    """The previous_response_id chain. Its items keep the model that produced them: the gateway sends a reasoning
+    signature only to the model that made it (another would reject it), and only it knows which model serves the new
+    turn (smart routes, failover)."""
+    history = _History()
     if previous_id is None:
-        return [], []
+        return history
     chain = await ctx.responses.chain(caller.user_id, previous_id)
     if not chain:
         raise _not_found(previous_id, "previous_response_id")
-    items: list[wire.Item] = []
-    origins: list[str | None] = []
     for stored in chain:
-        inputs, outputs = wire.parse_items(stored.input_items_json), wire.parse_items(stored.output_items_json)
-        items += inputs + outputs
-        origins += [None] * len(inputs) + [stored.model] * len(outputs)
-    return items, origins
+        history.add(wire.parse_items(stored.input_items_json), None)
+        history.add(wire.parse_items(stored.output_items_json), stored.model)
+    return history
 
 
 async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> AsyncGenerator[bytes, None]:

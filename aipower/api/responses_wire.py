@@ -102,6 +102,7 @@ class FunctionCallIn(_Item):
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     arguments: str
+    status: Literal["in_progress", "completed", "incomplete"] | None = None  # incomplete: cut mid-arguments
 
 
 class FunctionCallOutputIn(_Item):

@@ -426,6 +426,61 @@ def test_background_true_is_refused(client: openai.OpenAI, upstream: FakeUpstrea
     assert upstream.requests == []
 
 
+def call_item(call_id: str, arguments: str) -> dict[str, Any]:
+    return {"type": "function_call", "call_id": call_id, "name": "get_weather", "arguments": arguments}
+
+
+def output_item(call_id: str) -> dict[str, Any]:
+    return {"type": "function_call_output", "call_id": call_id, "output": "sunny"}
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "param"),
+    [
+        (CLAUDE, {"input": [{"role": "user", "content": "hi"}, call_item("c1", "not json"), output_item("c1")]}, 1),
+        (
+            GEMINI,
+            {
+                "instructions": "Be brief.",  # a system message the adapter counts, the caller does not
+                "input": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "Checking."},  # one assistant turn with the two calls
+                    call_item("c1", '{"city": "Paris"}'),
+                    call_item("c2", "{"),
+                    output_item("c1"),
+                    output_item("c2"),
+                ],
+            },
+            3,
+        ),
+    ],
+)
+def test_a_bad_input_item_is_named_as_sent(
+    client: openai.OpenAI, upstream: FakeUpstream, model: str, params: dict[str, Any], param: int
+) -> None:
+    """The adapter reports `messages[i].tool_calls[j].function.arguments`; the caller sent input items."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=model, **params)
+    assert caught.value.param == f"input[{param}].arguments"
+    assert upstream.requests == []
+
+
+def test_a_tool_result_for_no_call_is_named_as_sent(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=GEMINI, input=[{"role": "user", "content": "hi"}, output_item("nope")])
+    assert caught.value.param == "input[1].call_id"
+
+
+def test_a_bad_item_from_the_chain_is_named_previous_response_id(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "Paris"}}
+    upstream.enqueue(JsonReply(completion("deepseek-chat", "", tool_calls=[call])))
+    first = client.responses.create(model=DEEPSEEK, input="Weather?", tools=[WEATHER_TOOL])
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=CLAUDE, previous_response_id=first.id, input=[output_item("c1")])
+    assert caught.value.param == "previous_response_id"
+    assert len(upstream.requests) == 1
+
+
 def test_infinity_in_a_tool_schema_is_400(http: httpx.Client, upstream: FakeUpstream) -> None:
     """JSON has no Infinity; the parser let it through, and the schema reached the provider with null in its place."""
     tool = b'{"type": "function", "name": "f", "parameters": {"maximum": Infinity}}'

@@ -13,6 +13,7 @@ from tests.fakes.upstream import FakeUpstream, JsonReply, RawReply, SseReply, st
 
 WIRE = Path(__file__).parents[1] / "fakes" / "wire"
 DEEPSEEK, CLAUDE, GEMINI = "deepseek/deepseek-chat", "anthropic/claude-sonnet", "google/gemini-2.5-flash"
+TOOL: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 START = ["response.created", "response.in_progress"]
 TEXT_ITEM = [
     "response.output_item.added",
@@ -223,6 +224,45 @@ def test_rate_limit_mid_stream_is_rate_limit_exceeded(client: openai.OpenAI, ups
     failed = collect(client, model=CLAUDE, input="hello")[-1].response
     assert failed.status == "failed" and failed.error is not None
     assert failed.error.code == "rate_limit_exceeded" and "Slow down" in failed.error.message
+
+
+def cut_in_a_function_call(client: openai.OpenAI, upstream: FakeUpstream) -> Any:
+    """A stored response whose stream failed halfway through a call's arguments."""
+    head = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":'},
+    }
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "deepseek-chat"}
+    first = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [head]}}]}
+    upstream.enqueue(SseReply((first, {"error": {"message": "boom", "type": "server_error"}}), done=False))
+    failed = collect(client, model=DEEPSEEK, input="Weather in Paris?", tools=[TOOL])[-1].response
+    assert failed.status == "failed" and failed.output[0].status == "incomplete"
+    return failed
+
+
+@pytest.mark.parametrize("model", [DEEPSEEK, CLAUDE])
+def test_a_call_cut_mid_stream_is_not_replayed(client: openai.OpenAI, upstream: FakeUpstream, model: str) -> None:
+    failed = cut_in_a_function_call(client, upstream)
+    upstream.reset()
+    if model == CLAUDE:
+        upstream.enqueue(
+            JsonReply(json.loads((WIRE / "anthropic" / "plain-text.json").read_text())["response"]["body"])
+        )
+    client.responses.create(model=model, previous_response_id=failed.id, input="Try again.", tools=[TOOL])
+    sent = upstream.last.body.decode()
+    assert "call_1" not in sent and "get_weather" in sent and "Weather in Paris?" in sent  # the tool, not the call
+
+
+def test_an_output_for_a_cut_call_is_400(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    failed = cut_in_a_function_call(client, upstream)
+    upstream.reset()
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=DEEPSEEK, previous_response_id=failed.id, input=[output], tools=[TOOL])
+    assert caught.value.param == "input[0].call_id" and "previous_response_id" in caught.value.message
+    assert upstream.requests == []
 
 
 def test_error_before_the_first_byte_is_an_http_error(client: openai.OpenAI, upstream: FakeUpstream) -> None:

@@ -84,6 +84,7 @@ class OutputBuilder:
     cost_nanos: int | None = None
     _open: _Open | None = None
     _calls: dict[int, int] = field(default_factory=dict)  # call_index -> output index
+    _parked: list[_Open] = field(default_factory=list)  # function calls still open behind a later one (parallel calls)
 
     @property
     def status(self) -> Status:
@@ -120,10 +121,10 @@ class OutputBuilder:
         return self._close("incomplete" if self.status == "incomplete" else "completed")
 
     def abandon(self) -> None:
-        """The call failed: the open item stays as it is, marked incomplete."""
-        if self._open is not None:
-            self.items[self._open.index]["status"] = "incomplete"
-            self._open = None
+        """The call failed: the open items stay as they are, marked incomplete."""
+        for current in self._open_items:
+            self.items[current.index]["status"] = "incomplete"
+        self._open, self._parked = None, []
 
     def _text(self, text: str) -> list[Event]:
         events: list[Event] = []
@@ -175,7 +176,11 @@ class OutputBuilder:
         events: list[Event] = []
         index = self._calls.get(event.call_index)
         if index is None:
-            events += self._close("completed")
+            if self._open is not None and self._open.kind == "function_call":
+                self._parked.append(self._open)  # its arguments may still come, interleaved with this call's
+                self._open = None
+            else:
+                events += self._close("completed")
             call: dict[str, Any] = {
                 "id": new_id("fc"),
                 "type": "function_call",
@@ -186,7 +191,7 @@ class OutputBuilder:
             }
             events.append(self._add(call, "function_call"))
             index = self._calls[event.call_index] = self._current.index
-        elif self._open is None or self._open.index != index:
+        elif all(open_item.index != index for open_item in self._open_items):
             raise UpstreamFailed(
                 "The provider interleaved the arguments of parallel tool calls, which this stream cannot carry.",
                 code="upstream_bad_response",
@@ -199,6 +204,10 @@ class OutputBuilder:
             fields = {"item_id": item["id"], "output_index": index, "delta": event.arguments_fragment}
             events.append(("response.function_call_arguments.delta", fields))
         return events
+
+    @property
+    def _open_items(self) -> list[_Open]:
+        return [*self._parked, self._open] if self._open is not None else list(self._parked)
 
     @property
     def _current(self) -> _Open:
@@ -214,25 +223,30 @@ class OutputBuilder:
         return {"item_id": item["id"], "output_index": self._current.index, "content_index": 0}
 
     def _close(self, status: Literal["completed", "incomplete"]) -> list[Event]:
-        current = self._open
-        if current is None:
-            return []
+        """Finish the open items: parked function calls first (they come earlier in the output), then the current."""
+        events: list[Event] = []
+        for current in self._open_items:
+            events += self._done(current, status)
+        self._open, self._parked = None, []
+        return events
+
+    def _done(self, current: _Open, status: Literal["completed", "incomplete"]) -> list[Event]:
         item = self.items[current.index]
         item["status"] = status
         events: list[Event] = []
+        where = {"item_id": item["id"], "output_index": current.index, "content_index": 0}
         if current.kind == "message":
             part = item["content"][0]
-            events.append(("response.output_text.done", {**self._where(item), "text": part["text"], "logprobs": []}))
-            events.append(("response.content_part.done", {**self._where(item), "part": _copy(part)}))
+            events.append(("response.output_text.done", {**where, "text": part["text"], "logprobs": []}))
+            events.append(("response.content_part.done", {**where, "part": _copy(part)}))
         elif current.kind == "reasoning" and current.part_open:
             part = item["content"][0]
-            events.append(("response.reasoning_text.done", {**self._where(item), "text": part["text"]}))
-            events.append(("response.content_part.done", {**self._where(item), "part": _copy(part)}))
+            events.append(("response.reasoning_text.done", {**where, "text": part["text"]}))
+            events.append(("response.content_part.done", {**where, "part": _copy(part)}))
         elif current.kind == "function_call":
             fields = {"item_id": item["id"], "output_index": current.index, "name": item["name"]}
             events.append(("response.function_call_arguments.done", {**fields, "arguments": item["arguments"]}))
         events.append(("response.output_item.done", {"output_index": current.index, "item": _copy(item)}))
-        self._open = None
         return events
 
 

@@ -97,7 +97,7 @@ def test_gemini_stream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     assert final.output_text and final.usage is not None
 
 
-def tool_call_chunks() -> tuple[Any, ...]:
+def tool_call_chunks(interleaved: bool = False) -> tuple[Any, ...]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         return {
@@ -114,14 +114,22 @@ def tool_call_chunks() -> tuple[Any, ...]:
             entry |= {"id": head[0], "type": "function", "function": {"name": head[1], "arguments": fragment}}
         return chunk({"tool_calls": [entry]})
 
-    return (
-        chunk({"role": "assistant", "content": "Checking."}),
-        call(0, "", ("call_1", "get_weather")),
-        call(0, '{"city":'),
-        call(0, '"Paris"}'),
-        call(1, '{"city":"Rome"}', ("call_2", "get_weather")),
-        chunk({}, "tool_calls"),
-    )
+    if interleaved:  # both calls open, then their arguments in turns
+        calls = (
+            call(0, "", ("call_1", "get_weather")),
+            call(1, "", ("call_2", "get_weather")),
+            call(0, '{"city":'),
+            call(1, '{"city":"Rome"}'),
+            call(0, '"Paris"}'),
+        )
+    else:
+        calls = (
+            call(0, "", ("call_1", "get_weather")),
+            call(0, '{"city":'),
+            call(0, '"Paris"}'),
+            call(1, '{"city":"Rome"}', ("call_2", "get_weather")),
+        )
+    return (chunk({"role": "assistant", "content": "Checking."}), *calls, chunk({}, "tool_calls"))
 
 
 def test_tool_call_stream_event_sequence(client: openai.OpenAI, upstream: FakeUpstream) -> None:
@@ -129,13 +137,10 @@ def test_tool_call_stream_event_sequence(client: openai.OpenAI, upstream: FakeUp
     tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
     events = collect(client, model=DEEPSEEK, input="Weather?", tools=[tool])
     check_sequence(events)
-    call_item = [
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-    ]
-    assert kinds(events) == [*START, *TEXT_ITEM, *call_item, *call_item, "response.completed"]
+    added = ["response.output_item.added", "response.function_call_arguments.delta"]
+    done = ["response.function_call_arguments.done", "response.output_item.done"]
+    # A call stays open until the next kind of item or the end: its arguments may come after the next call's.
+    assert kinds(events) == [*START, *TEXT_ITEM, *added, *added, *done, *done, "response.completed"]
     done = [e for e in events if e.type == "response.function_call_arguments.done"]
     assert [(e.name, e.arguments, e.output_index) for e in done] == [  # type: ignore[attr-defined]
         ("get_weather", '{"city":"Paris"}', 1),
@@ -146,6 +151,26 @@ def test_tool_call_stream_event_sequence(client: openai.OpenAI, upstream: FakeUp
         ("message", None),
         ("function_call", "call_1"),
         ("function_call", "call_2"),
+    ]
+
+
+def test_interleaved_parallel_tool_calls(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    """An OpenAI-wire provider may send the arguments of parallel calls in turns: each delta goes to its own item."""
+    upstream.enqueue(SseReply(tool_call_chunks(interleaved=True)))
+    events = collect(client, model=DEEPSEEK, input="Weather?", tools=[TOOL])
+    check_sequence(events)
+    assert events[-1].type == "response.completed"
+    calls = [i for i in events[-1].response.output if i.type == "function_call"]
+    assert [(i.call_id, i.arguments, i.status) for i in calls] == [
+        ("call_1", '{"city":"Paris"}', "completed"),
+        ("call_2", '{"city":"Rome"}', "completed"),
+    ]
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    ids = {1: calls[0].id, 2: calls[1].id}
+    assert [(e.output_index, e.item_id, e.delta) for e in deltas] == [  # type: ignore[attr-defined]
+        (1, ids[1], '{"city":'),
+        (2, ids[2], '{"city":"Rome"}'),
+        (1, ids[1], '"Paris"}'),
     ]
 
 

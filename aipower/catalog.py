@@ -33,6 +33,10 @@ class CatalogError(ValueError):
 # but "none", not sent); enable_thinking + thinking_budget (Qwen); thinking = {"type": enabled|disabled}.
 ReasoningKnob = Literal["passthrough", "unsupported", "always", "enable_thinking", "thinking_type"]
 ToolChoiceKind = Literal["auto", "none", "required", "function"]
+# What happens to an earlier assistant turn's reasoning (docs/providers/openai-compatible.md): drop it (OpenAI has no
+# such input field); send it back as `reasoning_content`; or send it, and "" on a tool-call turn that has none while
+# thinking is on (the provider answers 400 when a thinking tool-call turn comes back without it).
+ReasoningHistory = Literal["drop", "send", "required"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,7 @@ class Quirks:
     reasoning: ReasoningKnob = "passthrough"
     thinking_budgets: tuple[tuple[str, int], ...] = ()  # enable_thinking: reasoning_effort -> thinking_budget
     think_tags: bool = False  # reasoning arrives inline, as <think>...</think> opening the content
+    reasoning_history: ReasoningHistory = "drop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +182,7 @@ class _QuirksFile(BaseModel):
     reasoning: ReasoningKnob | None = None
     thinking_budgets: dict[str, Annotated[int, Field(gt=0)]] | None = None
     think_tags: bool | None = None
+    reasoning_history: ReasoningHistory | None = None
 
     def over(self, base: Quirks) -> Quirks:
         """These quirks merged over `base`: a model's over its provider's."""

@@ -145,3 +145,37 @@ def test_a_providers_cookies_are_never_sent_back_nor_shown_to_the_caller(
         client.chat.completions.create(model="openai/gpt-4o-mini", messages=HELLO)
     assert len(upstream.requests) == 2
     assert "cookie" not in upstream.requests[1].headers
+
+
+TOOL_LOOP: list[Any] = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "reasoning_content": "The user wants the weather; I will call the tool.",
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+]
+WEATHER_TOOL: Any = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [
+        ("deepseek/deepseek-reasoner", True),
+        ("moonshot/kimi-k2.5", True),
+        ("zhipu/glm-5.1", True),
+        ("openai/gpt-4o-mini", False),
+        ("qwen/qwen-plus", False),
+    ],
+)
+def test_an_sdk_callers_reasoning_content_reaches_providers_that_need_it(
+    client: openai.OpenAI, upstream: FakeUpstream, model: str, sent: bool
+) -> None:
+    """Tool loops on thinking models: DeepSeek and Moonshot answer 400 when a tool-call turn's reasoning is missing."""
+    client.chat.completions.create(model=model, messages=TOOL_LOOP, tools=[WEATHER_TOOL])
+
+    assistant = upstream.last.json["messages"][1]
+    assert assistant.get("reasoning_content") == (TOOL_LOOP[1]["reasoning_content"] if sent else None)
+    assert assistant["tool_calls"] == TOOL_LOOP[1]["tool_calls"]

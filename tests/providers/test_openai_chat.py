@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from aipower import sse
+from aipower.api.openai_chat_wire import parse_request
 from aipower.catalog import Catalog, Target, load
 from aipower.errors import UpstreamError
 from aipower.messages import (
@@ -237,20 +238,103 @@ def test_sampling_fields_and_stop(catalog: Catalog) -> None:  # OpenAI, the refe
     assert body["stop"] == ["END", "\n\n"]
 
 
-def test_assistant_reasoning_is_not_sent_back(catalog: Catalog) -> None:
+@pytest.mark.parametrize("model_id", ["openai/gpt-5", "qwen/qwen-plus", "doubao/doubao-pro-256k"])
+def test_assistant_reasoning_is_not_sent_back_without_the_reasoning_history_quirk(
+    catalog: Catalog, model_id: str
+) -> None:
+    call = ToolCall("c1", "get_weather", "{}")
     request = ChatRequest(
-        model="deepseek/deepseek-reasoner",
+        model=model_id,
         messages=(
             user("2+2?"),
             Message(role="assistant", parts=(Reasoning("secret chain of thought", signature="sig"), Text("4"))),
-            user("and 3+3?"),
+            Message(role="assistant", parts=(call,)),
+            Message(role="tool", parts=(Text("sunny"),), tool_call_id="c1"),
         ),
     )
-    model = catalog.models["deepseek/deepseek-reasoner"]
-    built = adapter(catalog, model.provider).build_request(request, target(catalog, model.id))
+    built = adapter(catalog, catalog.models[model_id].provider).build_request(request, target(catalog, model_id))
     assert orjson.loads(built.body)["messages"][1] == {"role": "assistant", "content": "4"}
     assert b"secret chain of thought" not in built.body
     assert b"reasoning_content" not in built.body
+
+
+def caller_request(case: str, model_id: str) -> ChatRequest:
+    """What an OpenAI SDK caller sends through the gateway: the recorded body, with the catalog's model id."""
+    return parse_request(orjson.dumps({**recorded(case)["request"]["body"], "model": model_id}))
+
+
+def test_build_request_reproduces_a_recorded_deepseek_thinking_tool_loop(catalog: Catalog) -> None:
+    """Turn 3 of a deepseek-reasoner tool loop (answered 200): every tool-call turn's reasoning_content goes back,
+    "" where a turn had none (https://api-docs.deepseek.com/guides/thinking_mode#tool-calls)."""
+    case = recorded("deepseek-reasoner-tool-loop")
+    request = caller_request("deepseek-reasoner-tool-loop", "deepseek/deepseek-reasoner")
+    expected = {k: v for k, v in case["request"]["body"].items() if k != "stream"}  # stream=false is the default
+    assert build_body(catalog, request, "deepseek/deepseek-reasoner") == expected
+    assert case["response"]["status"] == 200
+
+
+def test_build_request_reproduces_a_recorded_zhipu_preserved_thinking_turn(catalog: Catalog) -> None:
+    case = recorded("zhipu-preserved-thinking")
+    request = caller_request("zhipu-preserved-thinking", "zhipu/glm-5.1")
+    expected = {k: v for k, v in case["request"]["body"].items() if k != "stream"}
+    assert build_body(catalog, request, "zhipu/glm-5.1", upstream="glm-4.7") == expected
+    assert case["response"]["status"] == 200
+
+
+WEATHER = Tool(name="get_weather", parameters_schema={"type": "object", "properties": {"city": {"type": "string"}}})
+
+
+def tool_loop(model_id: str, reasoning: tuple[Reasoning, ...], **fields: Any) -> ChatRequest:
+    call = ToolCall("call_1", "get_weather", '{"city":"Paris"}')
+    return ChatRequest(
+        model=model_id,
+        messages=(
+            user("Weather in Paris?"),
+            Message(role="assistant", parts=(*reasoning, call)),
+            Message(role="tool", parts=(Text("sunny"),), tool_call_id="call_1"),
+        ),
+        tools=(WEATHER,),
+        **fields,
+    )
+
+
+@pytest.mark.parametrize("model_id", ["moonshot/kimi-k2.5", "zhipu/glm-5.1", "deepseek/deepseek-reasoner"])
+def test_a_tool_call_turns_reasoning_goes_back_where_the_provider_wants_it(catalog: Catalog, model_id: str) -> None:
+    thought = (Reasoning("I should look it up.", signature="opaque"), Reasoning(" Paris, then."))
+    sent = build_body(catalog, tool_loop(model_id, thought), model_id)["messages"][1]
+    assert sent["reasoning_content"] == "I should look it up. Paris, then."
+    assert sent["tool_calls"][0]["id"] == "call_1"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "fields", "filled"),
+    [
+        ("moonshot/kimi-k2.5", {}, True),  # thinking is on by default
+        ("moonshot/kimi-k2.5", {"extra": {"reasoning_effort": "high"}}, True),
+        ("moonshot/kimi-k2.5", {"extra": {"reasoning_effort": "none"}}, False),  # thinking: disabled
+        ("moonshot/kimi-k2.5", {"extra": {"thinking": {"type": "disabled"}}}, False),
+        ("moonshot/moonshot-v1-8k", {}, False),  # does not think
+        ("zhipu/glm-5.1", {}, False),  # reasoning_history "send": nothing to send, nothing sent
+    ],
+)
+def test_moonshot_thinking_gets_empty_reasoning_on_a_tool_call_turn_without_any(
+    catalog: Catalog, model_id: str, fields: dict[str, Any], filled: bool
+) -> None:
+    """Moonshot: 400 "thinking is enabled but reasoning_content is missing in assistant tool call message"."""
+    sent = build_body(catalog, tool_loop(model_id, (), **fields), model_id)["messages"]
+    assert (sent[1].get("reasoning_content") == "") is filled
+    assert "reasoning_content" not in sent[1] or filled
+    assert all("reasoning_content" not in m for m in (sent[0], sent[2]))
+
+
+def test_a_reasoning_history_quirk_can_be_set_in_a_catalog_file(tmp_path: Path) -> None:
+    extra = tmp_path / "catalog.toml"
+    extra.write_text('[providers.qwen]\nquirks = { reasoning_history = "send" }\n', "utf-8")
+    catalog = load([extra])
+    assert catalog.providers["qwen"].quirks.reasoning_history == "send"
+    assert catalog.providers["openai"].quirks.reasoning_history == "drop"
+    sent = build_body(catalog, tool_loop("qwen/qwen-plus", (Reasoning("think"),)), "qwen/qwen-plus")["messages"]
+    assert sent[1]["reasoning_content"] == "think"
 
 
 def test_assistant_tool_calls_without_text_have_null_content(catalog: Catalog) -> None:

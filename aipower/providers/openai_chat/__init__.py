@@ -28,7 +28,7 @@ class OpenAIChat(Adapter):
         """The upstream call; InvalidRequest (400, `param` = the field) for what this model cannot do there."""
         quirks = target.model.quirks_at(self.provider)
         check_request(request, quirks, target.model.id)
-        body = render_body(request, target.model.upstream, quirks.developer_role)
+        body = render_body(request, target.model.upstream, quirks)
         if request.max_tokens is not None:
             body[quirks.max_tokens_field] = request.max_tokens
         if request.stream:

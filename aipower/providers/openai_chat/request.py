@@ -56,6 +56,10 @@ def check_request(request: ChatRequest, quirks: Quirks, model_id: str) -> None:
 def apply_quirks(body: Json, quirks: Quirks, model_id: str) -> None:
     """Map reasoning_effort, then remove, drop and rename fields as the model's quirks say."""
     _apply_reasoning(body, quirks, model_id)
+    if quirks.reasoning_history == "required" and _thinking_on(body, quirks):
+        for message in body["messages"]:  # e.g. Moonshot: 400 "reasoning_content is missing in assistant tool call"
+            if message["role"] == "assistant" and "tool_calls" in message:
+                message.setdefault("reasoning_content", "")
     for name in quirks.drop:
         body.pop(name, None)
     for name in quirks.reject:  # what is left of a rejected field holds a no-op value: not sent
@@ -95,13 +99,22 @@ def _apply_reasoning(body: Json, quirks: Quirks, model_id: str) -> None:
             assert_never(quirks.reasoning)
 
 
+def _thinking_on(body: Json, quirks: Quirks) -> bool:
+    """Whether the upstream will think: the `thinking.type` sent (mapped or the caller's), else the model's knob."""
+    thinking = body.get("thinking")
+    kind: object = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind is not None:
+        return kind != "disabled"
+    return quirks.reasoning != "unsupported"
+
+
 def _bad_effort(message: str) -> InvalidRequest:
     return InvalidRequest(message, code="invalid_value", param="reasoning_effort")
 
 
-def render_body(request: ChatRequest, upstream_model: str, developer_role: bool) -> Json:
+def render_body(request: ChatRequest, upstream_model: str, quirks: Quirks) -> Json:
     """The Chat Completions body for a request, minus the provider-quirk fields."""
-    body: Json = {"model": upstream_model, "messages": [_message(m, developer_role) for m in request.messages]}
+    body: Json = {"model": upstream_model, "messages": [_message(m, quirks) for m in request.messages]}
     if request.tools:
         body["tools"] = [_tool(t) for t in request.tools]
     if request.tool_choice is not None:
@@ -118,15 +131,21 @@ def render_body(request: ChatRequest, upstream_model: str, developer_role: bool)
     return body
 
 
-def _message(message: Message, developer_role: bool) -> Json:
-    role = "system" if message.role == "developer" and not developer_role else message.role
+def _message(message: Message, quirks: Quirks) -> Json:
+    role = "system" if message.role == "developer" and not quirks.developer_role else message.role
     out: Json = {"role": role}
     if message.role == "assistant":
         text = "".join(p.text for p in message.parts if isinstance(p, Text))
         calls = [_tool_call(p) for p in message.parts if isinstance(p, ToolCall)]
-        # Earlier reasoning is not sent back: DeepSeek rejects reasoning_content in input messages
-        # (https://api-docs.deepseek.com/guides/reasoning_model) and OpenAI chat has no such field.
         out["content"] = text if text or not calls else None
+        # Earlier reasoning goes back only where the provider wants it (reasoning_history): DeepSeek's thinking mode
+        # needs a tool-call turn's reasoning_content in every later request
+        # (https://api-docs.deepseek.com/guides/thinking_mode#tool-calls), Moonshot's kimi-k2.5 and Zhipu's
+        # interleaved/preserved thinking take it (https://docs.z.ai/guides/capabilities/thinking-mode);
+        # OpenAI chat has no such input field.
+        reasoning = "".join(p.text for p in message.parts if isinstance(p, Reasoning) and not p.redacted)
+        if reasoning and quirks.reasoning_history != "drop":
+            out["reasoning_content"] = reasoning
         if calls:
             out["tool_calls"] = calls
     else:

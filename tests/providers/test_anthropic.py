@@ -548,6 +548,42 @@ def test_signed_reasoning_goes_back_as_thinking_and_unsigned_is_left_out() -> No
     ]
 
 
+ASK = Message("user", (Text("Weather in Paris?"),))
+CALL = ToolCall("toolu_1", "now", "{}")
+RESULT = Message("tool", (Text("sunny"),), tool_call_id="toolu_1")
+
+
+@pytest.mark.parametrize(
+    ("messages", "thinking"),
+    [
+        ((ASK,), True),  # turn 1 of a loop
+        ((ASK, Message("assistant", (Reasoning("plan", "sig-1"), CALL)), RESULT), True),  # signed: sent back
+        ((ASK, Message("assistant", (Reasoning("", "opaque", redacted=True), CALL)), RESULT), True),
+        ((ASK, Message("assistant", (CALL,)), RESULT), False),  # no signature to send back: thinking left out
+        ((ASK, Message("assistant", (Reasoning("unsigned plan"), Text("Looking."), CALL)), RESULT), False),
+        ((ASK, Message("assistant", (CALL,)), RESULT, Message("user", (Text("and Rome?"),))), False),  # same loop
+        ((ASK, Message("assistant", (CALL,)), RESULT, Message("assistant", (Text("Sunny."),)), ASK), True),  # loop over
+        ((ASK, Message("assistant", (Text("Which city?"),)), ASK), True),
+    ],
+)
+def test_thinking_is_left_out_of_a_tool_loop_whose_assistant_turn_has_no_signed_thinking(
+    messages: tuple[Message, ...], thinking: bool
+) -> None:
+    """Anthropic: "When `thinking` is enabled, a final `assistant` message must start with a thinking block
+    (preceeding the lastmost set of `tool_use` and `tool_result` blocks) ... To avoid this requirement, disable
+    thinking." OpenAI-wire callers never get the signature, so their tool loops go on without thinking."""
+    body = messages_body(*messages, extra={"reasoning_effort": "low"})
+    assert ("thinking" in body) is thinking
+    if thinking:
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+
+
+def test_reasoning_effort_is_still_checked_in_a_tool_loop() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        messages_body(ASK, Message("assistant", (CALL,)), RESULT, max_tokens=1000, extra={"reasoning_effort": "low"})
+    assert caught.value.param == "max_tokens"
+
+
 def test_tool_result_with_an_image_keeps_blocks() -> None:
     body = messages_body(Message("tool", (Text("chart:"), Image("https://x.test/c.png")), tool_call_id="t"))
     assert body["messages"][0]["content"][0]["content"] == [

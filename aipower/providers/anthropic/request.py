@@ -45,6 +45,8 @@ def build_body(request: ChatRequest, model: ModelSpec) -> Json:
     body.update(_sampling(request))
     body.update(_tools(request))
     body.update(_extras(request.extra, max_tokens))
+    if "thinking" in body and _unsigned_tool_loop(body["messages"]):
+        del body["thinking"]
     if request.stream:
         body["stream"] = True
     return body
@@ -73,6 +75,23 @@ def render_messages(messages: Sequence[Message]) -> list[Json]:
         else:
             turns.append({"role": role, "content": content})
     return turns
+
+
+def _unsigned_tool_loop(turns: Sequence[Json]) -> bool:
+    """The conversation ends inside a tool loop (tool results answering an assistant tool_use turn) whose assistant
+    turn does not open with signed thinking. With thinking enabled Anthropic answers that with a 400 ("a final
+    `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result`
+    blocks) ... To avoid this requirement, disable thinking"): a tool loop keeps the thinking mode it started in
+    (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking#extended-thinking-with-tool-use), and an
+    OpenAI-wire caller never sees the signature it would need to send the block back."""
+    if len(turns) < 2 or (turns[-2]["role"], turns[-1]["role"]) != ("assistant", "user"):
+        return False
+    assistant, results = turns[-2]["content"], turns[-1]["content"]
+    return (
+        any(block["type"] == "tool_result" for block in results)
+        and any(block["type"] == "tool_use" for block in assistant)
+        and assistant[0]["type"] not in ("thinking", "redacted_thinking")
+    )
 
 
 def _system(messages: Sequence[Message]) -> str:

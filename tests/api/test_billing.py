@@ -6,6 +6,7 @@ import datetime as dt
 import secrets
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,10 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.storage import keys as key_store
-from aipower.storage.tables import holds, users
-from tests.billing_helpers import balance_of, billed_calls, grant, ledger_rows, on, top_up, verify
+from aipower.storage.tables import holds, request_log, users
+from tests.billing_helpers import balance_of, billed_calls, grant, ledger_rows, on, top_up, user_id, verify
 from tests.conftest import Gateway, create_key
-from tests.fakes.upstream import FakeUpstream, JsonReply, SlowReply, SseReply, completion, stream_chunks
+from tests.fakes.upstream import FakeUpstream, JsonReply, RawReply, SlowReply, SseReply, completion, stream_chunks
 
 CHEAP = "deepseek/deepseek-chat"  # 0.34 / 0.50 USD per 1M tokens, free tier
 PREMIUM = "openai/gpt-4o-mini"
@@ -302,3 +303,57 @@ def stored(database_url: str, uid: int) -> tuple[int, int]:
             return int(balance), int((await conn.execute(query)).scalar_one())
 
     return on(database_url, read)
+
+
+WIRE = Path(__file__).parents[1] / "fakes" / "wire"
+
+
+def cut_stream(model: str) -> RawReply | SseReply:
+    """The model's stream, closed cleanly by the upstream before its finish (no finishReason / finish_reason /
+    message_delta), after some text."""
+    match model:
+        case "google/gemini-2.5-flash":  # usageMetadata so far has no candidatesTokenCount
+            frames = (WIRE / "gemini" / "stream-text.sse").read_bytes().split(b"\r\n\r\n")
+            return RawReply(b"\r\n\r\n".join(frames[:2]) + b"\r\n\r\n", media_type="text/event-stream")
+        case "anthropic/claude-sonnet":
+            raw = (WIRE / "anthropic" / "stream-text.sse").read_bytes()
+            return RawReply(raw[: raw.index(b"event: message_delta")], media_type="text/event-stream")
+    return SseReply(stream_chunks("deepseek-chat", ["The capital", " of France"], usage=False)[:-1], done=False)
+
+
+def last_logged(database_url: str, email: str) -> tuple[int, int, bool, int]:
+    """(status, output tokens, estimated, charged nanos) of the user's last logged call."""
+    uid = user_id(database_url, email)
+    log = request_log.c
+    query = select(log.status, log.output_tokens, log.estimated, log.charged_nanos).where(log.user_id == uid)
+
+    async def row(engine: AsyncEngine) -> tuple[int, int, bool, int]:
+        async with engine.connect() as conn:
+            status, output, estimated, charged = (await conn.execute(query.order_by(log.id.desc()).limit(1))).one()
+        return int(status), int(output), bool(estimated), int(charged)
+
+    return on(database_url, row)
+
+
+@pytest.mark.parametrize("model", ["google/gemini-2.5-flash", CHEAP, "anthropic/claude-sonnet"])
+def test_a_stream_the_upstream_cut_short_is_an_error_billed_an_estimate(
+    gateway: Gateway, upstream: FakeUpstream, model: str
+) -> None:
+    """A body closed before the provider's end of message is a 502 after the text already sent, never a normal
+    answer, and its output is estimated from that text (not Gemini's running usageMetadata, which counts 0)."""
+    email, key, _ = new_user(gateway, top_up_usd="10")
+    upstream.enqueue(cut_stream(model))
+    text, finishes = "", []
+    with client(gateway, key) as sdk, pytest.raises(openai.APIError) as caught:
+        for chunk in sdk.chat.completions.create(model=model, messages=HELLO, stream=True):
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+            finishes += [c.finish_reason for c in chunk.choices if c.finish_reason]
+    assert "ended before the message did" in caught.value.message
+    assert text and finishes == []  # the text before the cut was relayed, no finish_reason
+    deadline = time.monotonic() + 5
+    while billed_calls(gateway.database_url, email) == 0 and time.monotonic() < deadline:
+        upstream.stream_closed.wait(0.05)
+    status, output, estimated, charged = last_logged(gateway.database_url, email)
+    assert (status, estimated) == (502, True) and output > 0 and charged > 0
+    assert balance_of(gateway.database_url, email).held_nanos == 0
+    assert verify(gateway.database_url) == []

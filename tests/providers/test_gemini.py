@@ -227,6 +227,39 @@ async def test_stream_error_mid_stream_raises_the_mapped_error_after_the_first_d
     assert "The model is overloaded" in caught.value.message
 
 
+async def test_stream_closed_before_its_finish_reason_is_a_bad_response_with_no_usage() -> None:
+    """The body ends cleanly before the chunk with finishReason: the text so far, then a 502, and no UsageReport (the
+    running usageMetadata has no candidatesTokenCount yet), so the gateway estimates, as for Anthropic."""
+    frames = sse_bytes("stream-text").split(b"\r\n\r\n")
+    assert b"finishReason" not in b"".join(frames[:2]) and b"usageMetadata" in frames[1]
+    seen: list[StreamEvent] = []
+    with pytest.raises(UpstreamError) as caught:
+        async for event in ADAPTER.parse_stream(sse.decode(_chunks(b"\r\n\r\n".join(frames[:2]) + b"\r\n\r\n", 50))):
+            seen.append(event)
+
+    assert seen == [TextDelta(0, "The"), TextDelta(0, " capital of France")]
+    assert (caught.value.status, caught.value.code, caught.value.retryable) == (502, "upstream_bad_response", False)
+    assert "ended before the message did" in caught.value.message
+
+
+async def test_an_empty_stream_is_a_bad_response() -> None:
+    with pytest.raises(UpstreamError) as caught:
+        await stream_events(b"")
+    assert caught.value.status == 502
+
+
+async def test_usage_counts_only_from_the_finishing_chunk_on() -> None:
+    def chunk(text: str, finish: str | None, output: int | None) -> bytes:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+        if finish is not None:
+            candidate["finishReason"] = finish
+        meta = {"promptTokenCount": 4, **({"candidatesTokenCount": output} if output is not None else {})}
+        return b"data: " + orjson.dumps({"candidates": [candidate], "usageMetadata": meta}) + b"\r\n\r\n"
+
+    events = await stream_events(chunk("a", None, None) + chunk("b", "STOP", 2))
+    assert events == [TextDelta(0, "a"), TextDelta(0, "b"), Finish(0, "stop"), UsageReport(Usage(4, 2))]
+
+
 @pytest.mark.parametrize("case", NON_STREAM_CASES)
 async def test_stream_of_a_whole_answer_folds_back_to_the_same_answer(case: str) -> None:
     """The stream and non-stream paths share their mappers: one chunk holding the whole answer agrees."""

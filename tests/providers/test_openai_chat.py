@@ -571,8 +571,60 @@ async def test_stream_recorded_zhipu_reasoning(catalog: Catalog, size: int) -> N
 
 
 async def test_stream_ends_at_done_even_if_more_follows(catalog: Catalog) -> None:
-    raw = b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\ndata: {"choices":[]}\n\n'
-    assert await parse_stream(adapter(catalog, "deepseek"), raw, 8) == [TextDelta(0, "a")]
+    raw = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}\n\n'
+        b'data: [DONE]\n\ndata: {"choices":[{"index":1,"delta":{"content":"b"}}]}\n\n'
+    )
+    assert await parse_stream(adapter(catalog, "deepseek"), raw, 8) == [TextDelta(0, "a"), Finish(0, "stop")]
+
+
+def recorded_frames(name: str) -> list[bytes]:
+    """A recorded stream's SSE frames, each with its blank line."""
+    raw = recorded(name)["response"]["body_text"].encode()
+    return [frame + b"\n\n" for frame in raw.replace(b"\r\n", b"\n").split(b"\n\n") if frame.strip()]
+
+
+async def events_until_error(provider_id: str, raw: bytes, catalog: Catalog) -> tuple[list[StreamEvent], UpstreamError]:
+    seen: list[StreamEvent] = []
+    with pytest.raises(UpstreamError) as caught:
+        async for event in adapter(catalog, provider_id).parse_stream(sse.decode(chunked(raw, 64))):
+            seen.append(event)
+    return seen, caught.value
+
+
+async def test_a_stream_closed_before_its_finish_reason_is_a_bad_response(catalog: Catalog) -> None:
+    """The body ends cleanly mid-answer: what came is relayed, then a 502, as Anthropic's cut streams are."""
+    frames = recorded_frames("openai-stream-text")
+    finishing = next(i for i, f in enumerate(frames) if b'"finish_reason":"stop"' in f)
+    seen, error = await events_until_error("openai", b"".join(frames[:finishing]), catalog)
+    assert assemble(seen).text == "The capital of the UK is London." and assemble(seen).finishes == []
+    assert (error.status, error.code, error.retryable) == (502, "upstream_bad_response", False)
+    assert "ended before the message did" in error.message
+
+
+async def test_done_without_a_finish_reason_is_a_bad_response_too(catalog: Catalog) -> None:
+    raw = b'data: {"choices":[{"index":0,"delta":{"content":"The capital"}}]}\n\n' + sse.DONE_FRAME
+    seen, error = await events_until_error("deepseek", raw, catalog)
+    assert seen == [TextDelta(0, "The capital")] and error.status == 502
+
+
+async def test_every_started_choice_must_finish(catalog: Catalog) -> None:
+    chunk = {
+        "choices": [
+            {"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"},
+            {"index": 1, "delta": {"content": "b"}, "finish_reason": None},
+        ]
+    }
+    seen, error = await events_until_error("qwen", sse.encode(orjson.dumps(chunk)) + sse.DONE_FRAME, catalog)
+    assert Finish(0, "stop") in seen and error.status == 502
+
+
+@pytest.mark.parametrize("name", ["openai-stream-text", "deepseek-reasoner-stream", "zhipu-reasoning-stream"])
+async def test_a_finished_stream_needs_no_done(catalog: Catalog, name: str) -> None:
+    """Some providers omit [DONE]: a finish_reason on every choice is the end, and usage after it still counts."""
+    frames = [f for f in recorded_frames(name) if f.strip() != b"data: [DONE]"]
+    out = assemble(await parse_stream(adapter(catalog, "openai"), b"".join(frames), 64))
+    assert len(out.finishes) == 1 and len(out.usage) == 1
 
 
 async def test_usage_inside_the_last_choice_is_reported(catalog: Catalog) -> None:

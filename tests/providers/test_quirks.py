@@ -564,8 +564,8 @@ async def test_think_tags_are_read_only_where_the_provider_uses_them(catalog: Ca
     assert (minimax.reasoning, minimax.text) == ("x", "y")
 
 
-async def test_an_unclosed_think_at_the_end_of_a_stream_is_reasoning(catalog: Catalog) -> None:
-    chunk = {"choices": [{"index": 0, "delta": {"content": "<think>still going </thi"}}]}
+async def test_an_unclosed_think_at_the_end_of_an_answer_is_reasoning(catalog: Catalog) -> None:
+    chunk = {"choices": [{"index": 0, "delta": {"content": "<think>still going </thi"}, "finish_reason": "length"}]}
     raw = sse.encode(orjson.dumps(chunk)) + sse.DONE_FRAME
     out = assemble(await stream(catalog, "minimax", raw))
     assert (out.reasoning, out.text) == ("still going </thi", "")

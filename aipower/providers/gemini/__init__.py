@@ -12,7 +12,7 @@ import orjson
 
 from aipower.catalog import Target
 from aipower.errors import UpstreamError
-from aipower.messages import ChatRequest, ChatResponse, StreamEvent, UsageReport
+from aipower.messages import ChatRequest, ChatResponse, Finish, StreamEvent, UsageReport
 from aipower.providers.base import Adapter, UpstreamRequest, classify, retry_after_seconds
 from aipower.providers.gemini import response as wire
 from aipower.providers.gemini.request import build_body
@@ -41,6 +41,8 @@ class Gemini(Adapter):
 
     async def parse_stream(self, events: AsyncIterator[SseEvent]) -> AsyncIterator[StreamEvent]:
         calls: dict[int, int] = {}
+        started: set[int] = set()
+        finished: set[int] = set()
         last_usage = None
         async for event in events:
             try:
@@ -57,8 +59,15 @@ class Gemini(Adapter):
             except wire.Unreadable:
                 raise self.unreadable("a stream chunk that is not a generateContent answer") from None
             for stream_event in stream_events:
+                if isinstance(stream_event, Finish):
+                    finished.add(stream_event.index)
+                elif not isinstance(stream_event, UsageReport):
+                    started.add(stream_event.index)
                 yield stream_event
-            last_usage = wire.usage(chunk.get("usageMetadata")) or last_usage
+            if finished:  # usageMetadata before a finishReason is a running count (no candidatesTokenCount yet)
+                last_usage = wire.usage(chunk.get("usageMetadata")) or last_usage
+        if not finished or not started <= finished:  # cut short: no UsageReport, so the gateway estimates
+            raise self.unreadable("a stream that ended before the message did")
         if last_usage is not None:
             yield UsageReport(last_usage)
 

@@ -75,8 +75,8 @@ class OpenAIChat(Adapter):
                 yield stream_event
         if empty:  # e.g. an HTML page or plain text with status 200: not one SSE event in it
             raise self.unreadable("an empty stream or one that is not server-sent events")
-        for stream_event in state.flush():
-            yield stream_event
+        if not state.complete:  # the body closed cleanly mid-answer: an error, as Anthropic's cut streams are
+            raise self.unreadable("a stream that ended before the message did")
 
     def parse_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         try:

@@ -25,6 +25,7 @@ def chunk_events(chunk: Json, state: StreamState) -> list[StreamEvent]:
     events: list[StreamEvent] = []
     for choice in chunk.get("choices") or ():
         index = choice.get("index", 0)
+        state.started.add(index)
         delta = choice.get("delta") or {}
         reasoning = reasoning_text(delta)
         if reasoning:
@@ -36,6 +37,7 @@ def chunk_events(chunk: Json, state: StreamState) -> list[StreamEvent]:
             events.append(state.tool_call(index, position, call))
         finish = finish_reason(choice.get("finish_reason"))
         if finish is not None:
+            state.finished.add(index)
             events.extend(state.flush(index))
             events.append(Finish(index, finish))
         usage = parse_usage(choice.get("usage"))  # Moonshot reports usage inside the last choice
@@ -48,14 +50,22 @@ def chunk_events(chunk: Json, state: StreamState) -> list[StreamEvent]:
 
 
 class StreamState:
-    """One stream's tool calls per choice and, where reasoning comes inline (think_tags), its content splitters."""
+    """One stream's tool calls per choice and, where reasoning comes inline (think_tags), its content splitters; the
+    choices that started and those that finished."""
 
-    __slots__ = ("_calls", "_tags", "_think")
+    __slots__ = ("_calls", "_tags", "_think", "finished", "started")
 
     def __init__(self, think_tags: bool) -> None:
         self._tags = think_tags
         self._calls: dict[int, _ToolCalls] = {}
         self._think: dict[int, ThinkSplitter] = {}
+        self.started: set[int] = set()
+        self.finished: set[int] = set()
+
+    @property
+    def complete(self) -> bool:
+        """Every choice that started has a finish_reason: the answer is whole (whether or not [DONE] follows)."""
+        return bool(self.started) and self.started <= self.finished
 
     def text(self, index: int, content: str) -> list[StreamEvent]:
         if not self._tags:
@@ -65,11 +75,10 @@ class StreamState:
     def tool_call(self, index: int, position: int, call: Json) -> ToolCallDelta:
         return self._calls.setdefault(index, _ToolCalls(index)).delta(position, call)
 
-    def flush(self, index: int | None = None) -> list[StreamEvent]:
-        """What a splitter still holds, for one choice (at its finish) or all (at the end of the stream)."""
-        splitters = [self._think.pop(index, None)] if index is not None else list(self._think.values())
-        self._think = {} if index is None else self._think
-        return [event for splitter in splitters if splitter is not None for event in splitter.flush()]
+    def flush(self, index: int) -> list[StreamEvent]:
+        """What one choice's splitter still holds, at its finish (a stream cut before that is an error)."""
+        splitter = self._think.pop(index, None)
+        return splitter.flush() if splitter is not None else []
 
 
 class _ToolCalls:

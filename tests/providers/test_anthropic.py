@@ -420,6 +420,17 @@ def test_unsupported_fields_are_400_naming_them(fields: dict[str, Any], param: s
     assert caught.value.param == param
 
 
+def test_openai_hints_that_change_no_answer_pass() -> None:
+    """Codex-style clients send prompt_cache_key on every call (it was a 400); safety_identifier is Anthropic's
+    metadata.user_id, and a caller's `user` wins over it."""
+    hints = {"prompt_cache_key": "repo-1", "prompt_cache_retention": "24h", "service_tier": "auto"}
+    body = chat(**hints, safety_identifier="end-user-7")
+    assert "prompt_cache_key" not in body and "service_tier" not in body
+    assert body["metadata"] == {"user_id": "end-user-7"}
+    assert chat(safety_identifier="end-user-7", user="u-1")["metadata"] == {"user_id": "u-1"}
+    assert "metadata" not in chat(service_tier="default")
+
+
 def test_defaults_and_no_op_values_pass() -> None:
     body = chat(
         temperature=1,

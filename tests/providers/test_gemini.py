@@ -388,6 +388,15 @@ def build(body: dict[str, Any]) -> dict[str, Any]:
 HI = [{"role": "user", "content": "Hi"}]
 
 
+def test_openai_hints_that_change_no_answer_pass() -> None:
+    """Codex-style clients send prompt_cache_key on every call (it was a 400)."""
+    hints = {"prompt_cache_key": "repo-1", "prompt_cache_retention": "in_memory", "safety_identifier": "u-7"}
+    assert build({"messages": HI, **hints, "service_tier": "default"}) == build({"messages": HI})
+    with pytest.raises(InvalidRequest) as caught:
+        build({"messages": HI, "service_tier": "flex"})
+    assert caught.value.param == "service_tier"
+
+
 def test_generation_config_fields() -> None:
     body = build(
         {

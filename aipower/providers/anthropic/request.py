@@ -33,6 +33,14 @@ _NO_OPS: Mapping[str, object] = {
     "parallel_tool_calls": True,
     "store": False,
 }
+# OpenAI hints that leave the answer as it is: a cache routing key and retention, and the service tier a caller
+# takes by default. Ignored (Codex-style clients send prompt_cache_key on every call). safety_identifier, OpenAI's
+# end-user id for abuse detection, is Anthropic's metadata.user_id (unless `user` gave one).
+_HINTS: Mapping[str, object] = {
+    "prompt_cache_key": None,
+    "prompt_cache_retention": None,
+    "service_tier": ("auto", "default"),
+}
 
 
 def build_body(request: ChatRequest, model: ModelSpec) -> Json:
@@ -42,9 +50,9 @@ def build_body(request: ChatRequest, model: ModelSpec) -> Json:
     system = _system(request.messages)
     if system:
         body["system"] = system
+    body.update(_extras(request.extra, max_tokens))  # before _sampling: a caller's `user` wins over safety_identifier
     body.update(_sampling(request))
     body.update(_tools(request))
-    body.update(_extras(request.extra, max_tokens))
     if "thinking" in body and _unsigned_tool_loop(body["messages"]):
         del body["thinking"]
     if request.stream:
@@ -281,9 +289,11 @@ def _json_tool(fmt: ResponseFormat) -> Json:
 def _extras(extra: Mapping[str, Any], max_tokens: int) -> Json:
     out: Json = {}
     for name, value in extra.items():
-        if value is None or (name in _NO_OPS and value == _NO_OPS[name]):
+        if value is None or (name in _NO_OPS and value == _NO_OPS[name]) or _hint(name, value):
             continue
-        if name == "reasoning_effort":
+        if name == "safety_identifier" and isinstance(value, str):
+            out["metadata"] = {"user_id": value}
+        elif name == "reasoning_effort":
             thinking = _thinking(value, max_tokens)
             if thinking is not None:
                 out["thinking"] = thinking
@@ -292,6 +302,13 @@ def _extras(extra: Mapping[str, Any], max_tokens: int) -> Json:
         else:
             raise InvalidRequest(f"{name} is not supported by Anthropic models.", param=name)
     return out
+
+
+def _hint(name: str, value: object) -> bool:
+    if name not in _HINTS:
+        return False
+    values = _HINTS[name]
+    return values is None or (isinstance(values, tuple) and value in values)
 
 
 def _thinking(effort: object, max_tokens: int) -> Json | None:

@@ -25,7 +25,16 @@ Json = dict[str, Any]
 THINKING_BUDGETS: Mapping[str, int] = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
 
 # Extra fields that change nothing Gemini could do differently, accepted without effect (see the docs table).
-_IGNORED_EXTRA: Mapping[str, object] = {"metadata": None, "parallel_tool_calls": True, "logprobs": False}
+_IGNORED_EXTRA: Mapping[str, object] = {
+    "metadata": None,
+    "parallel_tool_calls": True,
+    "logprobs": False,
+    # OpenAI hints that leave the answer as it is (Codex-style clients send prompt_cache_key on every call)
+    "prompt_cache_key": None,
+    "prompt_cache_retention": None,
+    "safety_identifier": None,
+}
+_DEFAULT_TIERS = ("auto", "default")  # service_tier values that ask for nothing
 
 # fileData needs a MIME type; a URL's extension is the only hint a pure translation has.
 _IMAGE_TYPES: Mapping[str, str] = {
@@ -250,7 +259,9 @@ def _apply_extra(extra: Mapping[str, Any], config: Json) -> None:
             config["presencePenalty"] = value
         elif key == "frequency_penalty":
             config["frequencyPenalty"] = value
-        elif key in _IGNORED_EXTRA and _IGNORED_EXTRA[key] in (None, value):
+        elif (key in _IGNORED_EXTRA and _IGNORED_EXTRA[key] in (None, value)) or (
+            key == "service_tier" and value in _DEFAULT_TIERS
+        ):
             continue
         else:
             message = f"`{key}`{_value_note(key, value)} is not supported for Gemini models."

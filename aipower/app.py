@@ -35,6 +35,7 @@ from aipower.settings import Settings, from_environ
 from aipower.storage import db, keys
 from aipower.storage.keys import SqlKeyStore
 from aipower.storage.ledger import SqlLedger
+from aipower.storage.ledger_owners import HoldKeeper
 from aipower.storage.reports import SqlAccountReader
 from aipower.storage.request_log import BufferedRequestLog
 from aipower.storage.responses import SqlResponseStore
@@ -56,6 +57,7 @@ class Services:
     ledger: SqlLedger
     ledger_engine: AsyncEngine  # the ledger writer's own small pool (db.make_engine(..., ledger=True))
     limiter: RateLimiter
+    keeper: HoldKeeper  # the ledger's heartbeat, and the sweep of stopped processes' holds
 
 
 def build_deployments(settings: Settings) -> Deployments:
@@ -72,16 +74,10 @@ def create_app(settings: Settings) -> Starlette:
     redis = _connect_redis(settings.redis_url) if settings.redis_url else None
     ledger_engine = db.make_engine(settings.database_url, ledger=True)
     limiter = _limiter(settings, redis)
+    book = SqlLedger(ledger_engine, spares=settings.spare_holds)
+    keeper = HoldKeeper(engine, book.owner, settings.hold_beat_seconds)
     services = Services(
-        engine,
-        transport,
-        request_log,
-        deployments,
-        redis,
-        settings.demo_key,
-        SqlLedger(ledger_engine, spares=settings.spare_holds),
-        ledger_engine,
-        limiter,
+        engine, transport, request_log, deployments, redis, settings.demo_key, book, ledger_engine, limiter, keeper
     )
     upstream = ProviderClient(deployments.catalog, transport)
     router = _router(settings, deployments, redis)
@@ -171,12 +167,14 @@ def _lifespan(services: Services) -> Callable[[Starlette], contextlib.AbstractAs
         await services.transport.start()
         await services.request_log.start()
         await keys.sync_demo_key(services.engine, services.demo_key)
+        await services.keeper.start()  # before the first call: no hold is written without its owner's row
         try:
             yield
         finally:
             await services.limiter.close()  # first: leases and slot holds go back even if a later close fails
             await services.request_log.close()
             await services.ledger.close()
+            await services.keeper.close()  # after: anything the ledger could not give back is abandoned at once
             await services.transport.close()
             await services.engine.dispose()
             await services.ledger_engine.dispose()

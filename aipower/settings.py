@@ -28,6 +28,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     key_cache_seconds: float = 5.0
     stale_hold_seconds: int = 3600
+    hold_beat_seconds: float = 15.0  # storage.ledger_owners: a process missing 4 beats is dead
     redis_url: str = ""
     redis_prefix: str = "aipower:"
     redis_failure_policy: str = "open"  # open: fall back to in-process limits; closed: answer 503
@@ -71,6 +72,7 @@ ENV: Mapping[str, str] = {
     "max_body_bytes": "AIPOWER_MAX_BODY_BYTES",
     "key_cache_seconds": "AIPOWER_KEY_CACHE_SECONDS",
     "stale_hold_seconds": "AIPOWER_STALE_HOLD_SECONDS",
+    "hold_beat_seconds": "AIPOWER_HOLD_BEAT_SECONDS",
     "redis_url": "AIPOWER_REDIS_URL",
     "redis_prefix": "AIPOWER_REDIS_PREFIX",
     "redis_failure_policy": "AIPOWER_REDIS_FAILURE_POLICY",

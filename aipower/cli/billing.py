@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -15,8 +14,8 @@ from aipower.cli.params import USD, catalog_option, load_catalog, note
 from aipower.cli.storage import run
 from aipower.gateway.protocols import Balance
 from aipower.money import MoneyError, credits_text, format_usd, usd_text
-from aipower.storage import accounts
-from aipower.storage import ledger as ledger_store
+from aipower.settings import from_environ
+from aipower.storage import accounts, ledger_owners
 from aipower.storage import users as user_store
 
 T = TypeVar("T")
@@ -121,22 +120,21 @@ def ledger() -> None:
 
 
 @ledger.command("verify")
-@click.option("--repair", is_flag=True, help="Release holds abandoned by a crashed process (no charge).")
+@click.option("--repair", is_flag=True, help="Release holds abandoned by a stopped process (no charge).")
 @click.option(
     "--older-than",
     type=click.IntRange(min=0),
     default=3600,
     show_default=True,
-    help="Seconds before a hold counts as abandoned (a call still running then is charged at its end all the same).",
+    help="Seconds before a hold of a process that kept no heartbeat (an older version) counts as abandoned. Holds of "
+    "processes that stopped beating or closed are released at once; a live process's never.",
 )
 def verify(repair: bool, older_than: int) -> None:
     """Prove every balance equals the sum of its ledger (plus open holds); exit 1 if not."""
+    beat = from_environ().hold_beat_seconds
 
     async def operation(engine: AsyncEngine) -> tuple[int, list[accounts.Discrepancy], int]:
-        released = 0
-        if repair:
-            for hold_id in await accounts.stale_holds(engine, dt.timedelta(seconds=older_than)):
-                released += await ledger_store.release(engine, hold_id)
+        released = await ledger_owners.sweep(engine, beat, older_than) if repair else 0
         return released, await accounts.verify(engine), await accounts.count_open_holds(engine)
 
     released, problems, open_holds = run(operation)

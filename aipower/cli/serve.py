@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from aipower.app import build_deployments, create_app, tune_collector
 from aipower.cli.http_protocol import HeadWithBodyProtocol
 from aipower.cli.params import catalog_option
 from aipower.settings import Settings
-from aipower.storage import accounts, db, ledger
+from aipower.storage import db, ledger_owners
 
 
 @click.command()
@@ -37,10 +36,10 @@ def serve(host: str | None, port: int | None, workers: int | None, catalog_paths
             f"enforce its own rate limits, multiplying them by {settings.workers}. Start Redis and set "
             "AIPOWER_REDIS_URL=redis://127.0.0.1:6379/0, or run one worker per process behind a balancer."
         )
-    if settings.stale_hold_seconds < 0:
+    if settings.stale_hold_seconds < 0 or not settings.hold_beat_seconds > 0:
         raise click.ClickException(
-            f"AIPOWER_STALE_HOLD_SECONDS={settings.stale_hold_seconds}: give 0 or more seconds (a hold older than that "
-            "is taken for one a stopped process left, and released)"
+            f"AIPOWER_STALE_HOLD_SECONDS={settings.stale_hold_seconds}, AIPOWER_HOLD_BEAT_SECONDS="
+            f"{settings.hold_beat_seconds}: give 0 or more seconds for the first and more than 0 for the second"
         )
     protocol = _protocol(settings)
     _migrate(settings)
@@ -89,11 +88,10 @@ def _migrate(settings: Settings) -> None:
 
 
 async def _release_stale_holds(settings: Settings) -> int:
-    """Holds older than any call can last belong to a process that died mid-call: release them, no charge."""
+    """Holds of processes that stopped (storage.ledger_owners): released, no charge. A live process's, never."""
     engine = db.make_engine(settings.database_url)
     try:
-        stale = await accounts.stale_holds(engine, dt.timedelta(seconds=settings.stale_hold_seconds))
-        return sum([await ledger.release(engine, hold_id) for hold_id in stale])
+        return await ledger_owners.sweep(engine, settings.hold_beat_seconds, settings.stale_hold_seconds)
     finally:
         await engine.dispose()
 

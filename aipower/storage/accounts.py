@@ -209,13 +209,6 @@ async def verify(engine: AsyncEngine) -> list[Discrepancy]:
     return [Discrepancy(r[0], r[1], int(r[2]), int(r[3])) for r in rows if r[1] < 0 or r[1] + int(r[2]) != int(r[3])]
 
 
-async def stale_holds(engine: AsyncEngine, older_than: dt.timedelta) -> list[str]:
-    cutoff = dt.datetime.now(dt.UTC) - older_than
-    query = select(holds.c.id).where(holds.c.settled_at.is_(None), holds.c.created_at < cutoff)
-    async with engine.connect() as conn:
-        return list((await conn.execute(query)).scalars())
-
-
 async def count_open_holds(engine: AsyncEngine) -> int:
     query = select(func.count()).select_from(holds).where(holds.c.settled_at.is_(None))
     async with engine.connect() as conn:

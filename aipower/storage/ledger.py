@@ -138,6 +138,11 @@ class SqlLedger:
             self._release_later(hold, "spare hold given back for a refused call")
         return bool(spares)
 
+    @property
+    def owner(self) -> str:
+        """The prefix of every hold id this ledger writes: its row in ledger_owners (storage.ledger_owners)."""
+        return self._id_prefix
+
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._serial):08x}"
 
@@ -420,12 +425,13 @@ def _answer(future: asyncio.Future[Result], result: Result | Exception) -> None:
 
 
 async def release(engine: AsyncEngine, hold_id: str) -> bool:
-    """Release a hold its process abandoned (it died mid-call; repair): its money goes back, uncharged, and its row is
-    deleted, in one transaction. False if it was settled or released meanwhile.
+    """Release a hold its process abandoned (it stopped mid-call: storage.ledger_owners): its money goes back,
+    uncharged, and its row is deleted, in one transaction. False if it was settled or released meanwhile.
 
-    Deleted, not closed: if its call was still running after all (repair run with too short an age, a call longer than
-    it), that call's settle finds no row and charges the balance as for a hold a database crash lost
-    (ledger_sql._settle_lost), log row included, so a served call is paid for, from what the balance holds then."""
+    Deleted, not closed: if its call was still running after all (its process cut off from the database for 4 beats,
+    or an older version's call longer than the stale age), that call's settle finds no row and charges the balance
+    as for a hold a database crash lost (ledger_sql._settle_lost), log row included, so a served call is paid for,
+    from what the balance holds then."""
     async with engine.begin() as conn:
         row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).first()
         if row is None:  # released before

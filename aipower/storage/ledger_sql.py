@@ -391,7 +391,7 @@ def _settle_all(
     still_open = {row[0] for row in conn.fetch(OPEN_HOLDS, {"p_ids": ids})}
     _lock_users(conn, users)
     lost: set[str] = set()
-    if len(still_open) < len(ids):  # rare: settled before (a double settle, repair), or lost with its reserve
+    if len(still_open) < len(ids):  # rare: settled before (a double settle), or no row (lost, or released by repair)
         missing = [i for i in ids if i not in still_open]
         lost = set(missing) - {row[0] for row in conn.fetch(KNOWN_HOLDS, {"p_ids": missing})}
     charges: list[int | None] = []
@@ -403,7 +403,7 @@ def _settle_all(
             still_open.discard(item.hold.id)
             charges.append(_settle_one(conn, item, writes))
         else:
-            charges.append(None)  # already settled (e.g. by repair): never charge twice
+            charges.append(None)  # already settled (a second settle of the call): never charge twice
     return charges
 
 

@@ -82,6 +82,17 @@ holds = Table(
     ),
 )
 
+# One row per ledger (process) that has written holds: its hold ids' prefix, and the database's clock (epoch
+# seconds) when it started and last beat; `gone` once it closed (storage.ledger_owners, migration 0009).
+ledger_owners = Table(
+    "ledger_owners",
+    metadata,
+    Column("owner", String(32), primary_key=True),
+    Column("started", BigInteger, nullable=False),
+    Column("seen", BigInteger, nullable=False),
+    Column("gone", Boolean, nullable=False, server_default=false()),
+)
+
 ledger = Table(
     "ledger",
     metadata,

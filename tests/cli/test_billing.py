@@ -128,34 +128,44 @@ def _tamper(database_url: str, email: str, nanos: int) -> None:
 def test_a_top_up_with_a_reference_is_credited_once(invoke: Invoke, email: str, database_url: str) -> None:
     """A retried `credits add` (a timeout, a script run twice) must not credit the payment twice."""
     user(invoke, email)
-    first = invoke(["credits", "add", email, "50", "--reference", "pi_3Pq9"])
+    ref = "pi_" + email  # the database is the session's: a reference of its own
+    first = invoke(["credits", "add", email, "50", "--reference", ref])
     assert first.exit_code == 0 and "$56.00" in first.stdout  # $50 + 100 credits (first) + 10%
-    again = invoke(["credits", "add", email, "50", "--reference", "pi_3Pq9"])
+    again = invoke(["credits", "add", email, "50", "--reference", ref])
     assert again.exit_code == 0, again.output
     assert "already credited" in again.stdout and "nothing was done" in again.stdout
     assert "balance:      $56.00" in invoke(["balance", email]).stdout
-    rows = query(database_url, "SELECT reason, reference FROM ledger WHERE reference IS NOT NULL")
-    assert rows == [{"reason": "top-up", "reference": "pi_3Pq9"}]
+    rows = query(
+        database_url,
+        "SELECT l.reason, l.reference FROM ledger l JOIN users u ON u.id = l.user_id WHERE u.email = :e ORDER BY l.id",
+        e=email,
+    )
+    assert rows == [
+        {"reason": "top-up", "reference": ref},
+        {"reason": "bonus", "reference": None},
+        {"reason": "bonus", "reference": None},
+    ]
 
 
 def test_a_reference_used_for_another_credit_is_refused(invoke: Invoke, email: str) -> None:
     user(invoke, email)
     other = "other-" + email
     user(invoke, other)
-    assert invoke(["credits", "add", email, "20", "--reference", "inv-7"]).exit_code == 0
+    inv, goodwill = "inv-" + email, "goodwill-" + email  # the database is the session's: references of its own
+    assert invoke(["credits", "add", email, "20", "--reference", inv]).exit_code == 0
     for args in (
-        ["credits", "add", email, "25", "--reference", "inv-7"],  # another amount
-        ["credits", "add", other, "20", "--reference", "inv-7"],  # another user
-        ["credits", "grant", email, "20", "--reference", "inv-7"],  # another kind
+        ["credits", "add", email, "25", "--reference", inv],  # another amount
+        ["credits", "add", other, "20", "--reference", inv],  # another user
+        ["credits", "grant", email, "20", "--reference", inv],  # another kind
     ):
         refused = invoke(args)
         assert refused.exit_code == 1, (args, refused.output)
         assert "already used for a top-up of $20.00" in refused.stderr and "nothing was credited" in refused.stderr
     assert "balance:      $0.00" in invoke(["balance", other]).stdout
     assert "balance:      $21.00" in invoke(["balance", email]).stdout  # $20 + the first top-up's 100 credits
-    grant = invoke(["credits", "grant", other, "3", "--reference", "goodwill-1"])
+    grant = invoke(["credits", "grant", other, "3", "--reference", goodwill])
     assert grant.exit_code == 0 and "granted $3.00" in grant.stdout
-    assert "already credited" in invoke(["credits", "grant", other, "3", "--reference", "goodwill-1"]).stdout
+    assert "already credited" in invoke(["credits", "grant", other, "3", "--reference", goodwill]).stdout
     assert "balance:      $3.00" in invoke(["balance", other]).stdout
     too_long = invoke(["credits", "add", email, "5", "--reference", "x" * 201])
     assert too_long.exit_code == 1 and "1 to 200 characters" in too_long.stderr

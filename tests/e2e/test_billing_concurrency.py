@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import signal
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -81,13 +82,17 @@ def test_a_process_killed_mid_call_leaves_a_hold_that_repair_releases(
     key, _ = create_key(database_url, email, top_up=None)
     grant(database_url, email, "1")
     fake.enqueue(SlowReply(5, JsonReply(completion("deepseek-chat", "late"))))
-    env = clean_environ({"AIPOWER_DATABASE_URL": database_url, **provider_env(fake_url)})
+    beat = 0.2  # AIPOWER_HOLD_BEAT_SECONDS: a process that missed 4 beats (0.8 s) is dead
+    env = clean_environ(
+        {"AIPOWER_DATABASE_URL": database_url, "AIPOWER_HOLD_BEAT_SECONDS": str(beat), **provider_env(fake_url)}
+    )
     body = {"model": MODEL.id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
     with aipower_serve(env, tmp_path) as served:
         assert asyncio.run(_start_and_kill(served, fake, key, body)), "the call completed before the kill"
     held = balance_of(database_url, email)
     assert held.held_nanos > 0 and held.balance_nanos == 1_000_000_000 - held.held_nanos
     assert verify(database_url) == []  # the open hold is accounted for, nothing lost
+    time.sleep(beat * 6)  # its last beat is now more than 4 beats old
     result = run_cli(["ledger", "verify", "--repair", "--older-than", "0"], env)
     assert result.returncode == 0, result.stderr
     # Other tests of the session may have left holds open in the shared database: at least this one went.
@@ -108,3 +113,31 @@ async def _start_and_kill(served: Served, fake: FakeUpstream, key: str, body: di
         with contextlib.suppress(httpx.HTTPError):
             await call
         return not completed and bool(fake.requests)
+
+
+def test_a_live_replica_releases_the_holds_of_one_that_was_killed(
+    database_url: str, fake_upstream_server: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """Two replicas on one database; one is killed mid-call. The other releases its hold, uncharged, within a few
+    beats, with no restart and no operator (before: an hour, and only when a process started)."""
+    fake, fake_url = fake_upstream_server
+    fake.reset()
+    email = f"replica-{secrets.token_hex(4)}@example.com"
+    key, _ = create_key(database_url, email, top_up=None)
+    grant(database_url, email, "1")
+    fake.enqueue(SlowReply(5, JsonReply(completion("deepseek-chat", "late"))))
+    env = clean_environ(
+        {"AIPOWER_DATABASE_URL": database_url, "AIPOWER_HOLD_BEAT_SECONDS": "0.2", **provider_env(fake_url)}
+    )
+    body = {"model": MODEL.id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    with aipower_serve(env, tmp_path):  # the survivor
+        with aipower_serve(env, tmp_path) as doomed:
+            assert asyncio.run(_start_and_kill(doomed, fake, key, body)), "the call completed before the kill"
+        assert balance_of(database_url, email).held_nanos > 0
+        deadline = time.monotonic() + 15
+        while balance_of(database_url, email).held_nanos and time.monotonic() < deadline:
+            time.sleep(0.2)
+    account = balance_of(database_url, email)
+    assert (account.balance_nanos, account.held_nanos) == (1_000_000_000, 0)
+    assert [r for r in ledger_rows(database_url, email) if r[1] == "usage"] == []
+    assert verify(database_url) == []

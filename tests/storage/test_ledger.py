@@ -15,7 +15,7 @@ from aipower import catalog as catalog_file
 from aipower import money
 from aipower.errors import InsufficientCredit, PermissionDenied
 from aipower.gateway.protocols import Hold, HoldRequest, LogEntry, Settlement
-from aipower.storage import accounts, db, keys, ledger, users
+from aipower.storage import accounts, db, keys, ledger, ledger_owners, users
 from aipower.storage.tables import holds, request_log
 
 RULES = catalog_file.load().billing
@@ -158,7 +158,7 @@ async def test_repair_releases_abandoned_holds_without_charging(engine: AsyncEng
     async with engine.begin() as conn:
         await conn.execute(update(holds).where(holds.c.id == hold.id).values(created_at=old))
     assert await accounts.verify(engine) == []  # an open hold is accounted for
-    stale = await accounts.stale_holds(engine, dt.timedelta(hours=1))
+    stale = await ledger_owners.abandoned(engine, 60, older_than=3600)  # its ledger kept no heartbeat: by age
     assert hold.id in stale
     assert await ledger.release(engine, hold.id) is True
     assert await ledger.release(engine, hold.id) is False
@@ -210,12 +210,13 @@ async def test_a_reference_credited_from_several_processes_at_once_is_credited_o
     others = [db.make_engine(database_url) for _ in range(4)]
     try:
         outcomes = await asyncio.gather(
-            *(accounts.top_up(e, user_id, Decimal(5), RULES, None, "pay-1") for e in others), return_exceptions=True
+            *(accounts.top_up(e, user_id, Decimal(5), RULES, None, f"pay-{user_id}") for e in others),
+            return_exceptions=True,
         )
         assert sorted(type(o).__name__ for o in outcomes) == ["AlreadyCredited"] * 3 + ["int"]
         crossed = await asyncio.gather(
-            accounts.grant(others[0], user_id, Decimal(2), None, "pay-2"),
-            accounts.grant(others[1], other_id, Decimal(2), None, "pay-2"),
+            accounts.grant(others[0], user_id, Decimal(2), None, f"pay-{other_id}"),
+            accounts.grant(others[1], other_id, Decimal(2), None, f"pay-{other_id}"),
             return_exceptions=True,
         )
     finally:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
+from aipower.api.responses_rules import check_input
 from aipower.api.wire_errors import require_finite
 from aipower.errors import InvalidRequest
 from aipower.messages import ChatRequest, Image, Message, Part, Reasoning, ResponseFormat, Text, Tool, ToolCall
@@ -240,6 +241,7 @@ def parse_request(body: bytes) -> ResponsesRequestIn:
         parsed = ResponsesRequestIn.model_validate_json(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
+    check_input(parsed.input, parsed.previous_response_id)
     for i, tool in enumerate(parsed.tools or ()):
         require_finite(tool.parameters, f"tools[{i}].parameters")
     if parsed.background:
@@ -258,8 +260,8 @@ def parse_items(stored: bytes) -> list[Item]:
 
 
 def input_items(parsed: ResponsesRequestIn) -> list[Item]:
-    if isinstance(parsed.input, str):
-        return [InputMessageIn(role="user", content=parsed.input)]
+    if isinstance(parsed.input, str):  # "" only comes with previous_response_id, and adds nothing (check_input)
+        return [InputMessageIn(role="user", content=parsed.input)] if parsed.input else []
     return list(parsed.input)
 
 

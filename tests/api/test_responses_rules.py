@@ -1,0 +1,53 @@
+"""POST /v1/responses: what a request must satisfy beyond its field types, through the running gateway.
+
+The openai SDK sends what it can; httpx sends the values its types refuse. Every refusal is a 400 naming the field,
+and nothing reaches the upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+
+DEEPSEEK = "deepseek/deepseek-chat"
+
+
+@pytest.mark.parametrize("empty", ["", []])
+def test_an_empty_input_is_400(client: openai.OpenAI, upstream: FakeUpstream, empty: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=DEEPSEEK, input=empty)
+    assert caught.value.param == "input"
+    assert "nothing for the model to answer" in caught.value.message and "previous_response_id" in caught.value.message
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("empty", ["", []])
+def test_an_empty_input_continues_a_stored_conversation(
+    client: openai.OpenAI, upstream: FakeUpstream, empty: Any
+) -> None:
+    """previous_response_id supplies the conversation: the model answers it as it stands, with no empty user turn."""
+    first = client.responses.create(model=DEEPSEEK, input="Tell me a story.")
+    second = client.responses.create(model=DEEPSEEK, input=empty, previous_response_id=first.id)
+    assert second.status == "completed"
+    assert upstream.last.json["messages"] == [
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "Hello from the fake upstream."},
+    ]
+    assert list(client.responses.input_items.list(second.id)) == []
+
+
+def test_raw_http_empty_input_names_input(http: httpx.Client, upstream: FakeUpstream) -> None:
+    reply = http.post("/responses", json={"model": DEEPSEEK, "input": []})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] | {"message": ""} == {
+        "message": "",
+        "type": "invalid_request_error",
+        "param": "input",
+        "code": "empty_array",
+    }
+    assert upstream.requests == []

@@ -200,6 +200,20 @@ class StreamOptionsIn(_Config):
     include_obfuscation: bool | None = None
 
 
+# The contract's IncludeEnum. Reasoning's encrypted_content and input image URLs are always returned; the rest (hosted
+# tools' results, output logprobs) name what this gateway never produces, so they are accepted and change nothing.
+Includable = Literal[
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+]
+
+
 class ResponsesRequestIn(_Config):
     model: str = Field(min_length=1)
     input: str | list[ItemIn]
@@ -218,7 +232,7 @@ class ResponsesRequestIn(_Config):
     stream: bool | None = None
     stream_options: StreamOptionsIn | None = None
     user: str | None = None
-    include: list[str] | None = None  # we always return what there is (reasoning, its encrypted_content)
+    include: list[Includable] | None = None  # see Includable: nothing to switch on
     truncation: Literal["auto", "disabled"] | None = None
     # Forwarded as chat completions forwards them (ChatRequest.extra).
     prompt_cache_key: str | None = None

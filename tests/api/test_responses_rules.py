@@ -51,3 +51,30 @@ def test_raw_http_empty_input_names_input(http: httpx.Client, upstream: FakeUpst
         "code": "empty_array",
     }
     assert upstream.requests == []
+
+
+def test_an_unknown_include_value_names_its_index(http: httpx.Client, upstream: FakeUpstream) -> None:
+    body = {"model": DEEPSEEK, "input": "hi", "include": ["reasoning.encrypted_content", "bogus"]}
+    reply = http.post("/responses", json=body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == ("include[1]", "invalid_value")
+    assert "'reasoning.encrypted_content'" in error["message"]  # the values it takes
+    assert upstream.requests == []
+
+
+def test_every_documented_include_value_is_accepted(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    """The contract's IncludeEnum: what the gateway cannot produce (hosted tools' results, logprobs) changes nothing."""
+    documented: Any = [
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "message.input_image.image_url",
+        "computer_call_output.output.image_url",
+        "code_interpreter_call.outputs",
+        "reasoning.encrypted_content",
+        "message.output_text.logprobs",
+    ]
+    response = client.responses.create(model=DEEPSEEK, input="hi", include=documented)
+    assert response.status == "completed"
+    assert "include" not in upstream.last.json

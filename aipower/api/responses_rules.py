@@ -5,7 +5,8 @@ Each rule is a 400 naming the field, raised before anything is billed or sent up
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 from aipower.errors import InvalidRequest
 
@@ -28,3 +29,27 @@ def check_input(value: str | Sequence[object], previous_response_id: str | None)
         param="input",
         code="invalid_value" if isinstance(value, str) else "empty_array",
     )
+
+
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512  # the contract's Metadata schema
+_JSON_TYPES = {bool: "a boolean", int: "a number", float: "a number", dict: "an object", list: "an array"}
+
+
+def check_metadata(metadata: Mapping[str, object] | None) -> None:
+    """Metadata: at most 16 pairs, keys of at most 64 characters, string values of at most 512."""
+    if metadata is None:
+        return
+    if len(metadata) > MAX_METADATA_PAIRS:
+        _bad_metadata(f"it has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are allowed")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            _bad_metadata(f"the key '{key[:20]}...' has {len(key)} characters; keys have at most {MAX_METADATA_KEY}")
+        if not isinstance(value, str):
+            kind = "null" if value is None else _JSON_TYPES.get(type(value), "not a string")
+            _bad_metadata(f"the value of '{key}' is {kind}; values are strings")
+        if len(value) > MAX_METADATA_VALUE:
+            _bad_metadata(f"the value of '{key}' has {len(value)} characters; values have at most {MAX_METADATA_VALUE}")
+
+
+def _bad_metadata(reason: str) -> NoReturn:
+    raise InvalidRequest(f"Invalid value for 'metadata': {reason}.", param="metadata", code="invalid_value")

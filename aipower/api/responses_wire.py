@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
-from aipower.api.responses_rules import check_input
+from aipower.api.responses_rules import check_input, check_metadata
 from aipower.api.wire_errors import require_finite
 from aipower.errors import InvalidRequest
 from aipower.messages import ChatRequest, Image, Message, Part, Reasoning, ResponseFormat, Text, Tool, ToolCall
@@ -226,7 +226,7 @@ class ResponsesRequestIn(_Config):
     parallel_tool_calls: bool | None = None
     text: TextConfigIn | None = None
     reasoning: ReasoningConfigIn | None = None
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: dict[str, Any] | None = None  # limits in check_metadata, which names `metadata` for each
     store: bool | None = None
     previous_response_id: str | None = Field(default=None, min_length=1)
     stream: bool | None = None
@@ -256,6 +256,7 @@ def parse_request(body: bytes) -> ResponsesRequestIn:
     except ValidationError as exc:
         raise _invalid(exc) from None
     check_input(parsed.input, parsed.previous_response_id)
+    check_metadata(parsed.metadata)
     for i, tool in enumerate(parsed.tools or ()):
         require_finite(tool.parameters, f"tools[{i}].parameters")
     if parsed.background:

@@ -78,3 +78,39 @@ def test_every_documented_include_value_is_accepted(client: openai.OpenAI, upstr
     response = client.responses.create(model=DEEPSEEK, input="hi", include=documented)
     assert response.status == "completed"
     assert "include" not in upstream.last.json
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ({f"k{i}": "v" for i in range(17)}, "it has 17 pairs; at most 16"),
+        ({"k" * 65: "v"}, "has 65 characters; keys have at most 64"),
+        ({"note": "x" * 513}, "the value of 'note' has 513 characters; values have at most 512"),
+    ],
+)
+def test_metadata_beyond_the_contracts_limits_is_400(
+    client: openai.OpenAI, upstream: FakeUpstream, metadata: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=DEEPSEEK, input="hi", metadata=metadata)
+    assert caught.value.param == "metadata"
+    assert reason in caught.value.message
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("value", "kind"), [(1, "a number"), (None, "null"), ({"a": "b"}, "an object")])
+def test_a_metadata_value_that_is_no_string_is_400(
+    http: httpx.Client, upstream: FakeUpstream, value: Any, kind: str
+) -> None:
+    reply = http.post("/responses", json={"model": DEEPSEEK, "input": "hi", "metadata": {"a": value}})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "metadata"
+    assert f"the value of 'a' is {kind}; values are strings" in error["message"]
+    assert upstream.requests == []
+
+
+def test_metadata_at_the_contracts_limits_is_kept(client: openai.OpenAI) -> None:
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    response = client.responses.create(model=DEEPSEEK, input="hi", metadata=metadata)
+    assert client.responses.retrieve(response.id).metadata == metadata

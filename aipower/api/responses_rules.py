@@ -53,3 +53,24 @@ def check_metadata(metadata: Mapping[str, object] | None) -> None:
 
 def _bad_metadata(reason: str) -> NoReturn:
     raise InvalidRequest(f"Invalid value for 'metadata': {reason}.", param="metadata", code="invalid_value")
+
+
+def check_tool_choice(function: str | None, required: bool, tools: Sequence[str]) -> None:
+    """tool_choice names one of `tools` (`function`), or is "required" (`required`) with tools to choose from.
+
+    OpenAI answers an unknown name with a 400 ("Tool choice 'x' not found in 'tools' parameter", reported in
+    openai/openai-agents-python#1303); behind the gateway each provider refused or ignored it in its own way."""
+    if function is not None and function not in tools:
+        offered = ", ".join(f"'{name}'" for name in tools) if tools else "no functions"
+        raise InvalidRequest(
+            f"Invalid value for 'tool_choice': the function '{function}' is not in 'tools' (which has {offered}). "
+            "Name one of them, or add the function to 'tools'.",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    if required and not tools:
+        raise InvalidRequest(
+            "Invalid value for 'tool_choice': 'required' needs at least one function in 'tools'.",
+            param="tool_choice",
+            code="invalid_value",
+        )

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
-from aipower.api.responses_rules import check_input, check_metadata
+from aipower.api.responses_rules import check_input, check_metadata, check_tool_choice
 from aipower.api.wire_errors import require_finite
 from aipower.errors import InvalidRequest
 from aipower.messages import ChatRequest, Image, Message, Part, Reasoning, ResponseFormat, Text, Tool, ToolCall
@@ -257,6 +257,9 @@ def parse_request(body: bytes) -> ResponsesRequestIn:
         raise _invalid(exc) from None
     check_input(parsed.input, parsed.previous_response_id)
     check_metadata(parsed.metadata)
+    choice = parsed.tool_choice
+    named = choice.name if isinstance(choice, FunctionChoiceIn) else None
+    check_tool_choice(named, choice == "required", [tool.name for tool in parsed.tools or ()])
     for i, tool in enumerate(parsed.tools or ()):
         require_finite(tool.parameters, f"tools[{i}].parameters")
     if parsed.background:

@@ -114,3 +114,31 @@ def test_metadata_at_the_contracts_limits_is_kept(client: openai.OpenAI) -> None
     metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
     response = client.responses.create(model=DEEPSEEK, input="hi", metadata=metadata)
     assert client.responses.retrieve(response.id).metadata == metadata
+
+
+WEATHER: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "reason"),
+    [
+        ([WEATHER], {"type": "function", "name": "get_time"}, "'get_time' is not in 'tools' (which has 'get_weather')"),
+        ([], {"type": "function", "name": "get_time"}, "'get_time' is not in 'tools' (which has no functions)"),
+        ([], "required", "'required' needs at least one function in 'tools'"),
+    ],
+)
+def test_a_tool_choice_the_tools_cannot_meet_is_400(
+    client: openai.OpenAI, upstream: FakeUpstream, tools: Any, choice: Any, reason: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=DEEPSEEK, input="hi", tools=tools, tool_choice=choice)
+    assert caught.value.param == "tool_choice"
+    assert reason in caught.value.message
+    assert upstream.requests == []
+
+
+def test_a_tool_choice_naming_a_tool_reaches_the_upstream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    choice: Any = {"type": "function", "name": "get_weather"}
+    response = client.responses.create(model=DEEPSEEK, input="hi", tools=[WEATHER], tool_choice=choice)
+    assert response.tool_choice.model_dump() == choice  # type: ignore[union-attr]
+    assert upstream.last.json["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}

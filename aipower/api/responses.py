@@ -222,19 +222,19 @@ async def delete_response(request: Request) -> Response:
 
 
 async def list_input_items(request: Request) -> Response:
-    """The list object of a response's input items; `order` (default desc), `after` and `limit` (1-100, 20)."""
+    """The list object of a response's input items; `order` (asc or desc, the default), `after` (an item id of this
+    list) and `limit` (1-100, 20). A value outside those is a 400 naming the parameter."""
     ctx: ApiContext = request.app.state.api
     caller = own_account(await ctx.auth.caller(request), "stored responses")
+    query = request.query_params
+    order, limit = _order(query.get("order", "desc")), _limit(query.get("limit", "20"))
     record = await _find(ctx, caller, request.path_params["response_id"])
     items: list[dict[str, Any]] = orjson.loads(record.input_items_json)
-    query = request.query_params
-    if query.get("order", "desc") == "desc":
+    if order == "desc":
         items.reverse()
     after = query.get("after")
     if after is not None:
-        ids = [item["id"] for item in items]
-        items = items[ids.index(after) + 1 :] if after in ids else []
-    limit = _limit(query.get("limit", "20"))
+        items = items[_position(items, after, record.id) + 1 :]
     page = items[:limit]
     return _json(
         {
@@ -247,12 +247,37 @@ async def list_input_items(request: Request) -> Response:
     )
 
 
+def _order(value: str) -> str:
+    if value not in ("asc", "desc"):
+        raise InvalidRequest(
+            f"Invalid value for 'order': {value!r}. Use 'asc' or 'desc' (the default).",
+            param="order",
+            code="invalid_value",
+        )
+    return value
+
+
 def _limit(value: str) -> int:
     if not (value.isascii() and value.isdigit() and len(value) <= 3) or not 1 <= int(value) <= 100:
         raise InvalidRequest(
             f"Invalid value for 'limit': {value!r}. Use 1 to 100.", param="limit", code="invalid_value"
         )
     return int(value)
+
+
+def _position(items: list[dict[str, Any]], after: str, response_id: str) -> int:
+    """Where the `after` cursor is. An id that is not one of this response's input items is a 400 rather than an empty
+    page (which reads as the end of the list) or a 404 (which reads as the response being gone): the contract documents
+    no error, and the SDK's pagination only ever sends the last_id of the page before."""
+    for index, item in enumerate(items):
+        if item["id"] == after:
+            return index
+    raise InvalidRequest(
+        f"Invalid value for 'after': {after!r} is not an input item of response '{response_id}'. Use an item id from "
+        "this list, such as the last_id of the page before.",
+        param="after",
+        code="invalid_value",
+    )
 
 
 async def _find(ctx: ApiContext, caller: Caller, response_id: str) -> StoredResponse:

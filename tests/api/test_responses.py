@@ -338,6 +338,33 @@ def test_retrieve_delete_and_input_items(client: openai.OpenAI, upstream: FakeUp
     assert caught.value.code == "response_not_found"
 
 
+def test_input_items_pages_follow_the_cursor(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    """The SDK's pagination sends `after` as the last_id of the page before, in either order."""
+    texts = ["one", "two", "three"]
+    created = client.responses.create(model=DEEPSEEK, input=[{"role": "user", "content": t} for t in texts])
+    for order, expected in (("asc", texts), ("desc", texts[::-1])):
+        pages = client.responses.input_items.list(created.id, order=order, limit=1)
+        assert [i.content[0].text for i in pages] == expected  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ({"order": "sideways"}, "order"),
+        ({"after": "msg_nope"}, "after"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+    ],
+)
+def test_input_items_query_out_of_range_is_400(
+    client: openai.OpenAI, upstream: FakeUpstream, query: dict[str, Any], param: str
+) -> None:
+    created = client.responses.create(model=DEEPSEEK, input="hi")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.input_items.list(created.id, **query)
+    assert (caught.value.param, caught.value.code) == (param, "invalid_value")
+
+
 def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
     response = client.responses.create(model=DEEPSEEK, input="hi", store=False)
     assert response.store is False and response.output_text

@@ -52,7 +52,12 @@ _EMPTY_TEXT: dict[str, Any] = {"type": "output_text", "text": "", "annotations":
 
 
 def render_usage(usage: Usage, cost_nanos: int | None) -> dict[str, Any]:
-    """ResponseUsage, plus `cost` in USD as chat completions report it (an exact decimal, never a float)."""
+    """ResponseUsage, plus `cost` in USD as chat completions report it (an exact decimal, never a float).
+
+    cached_tokens is the provider's count of cache reads (Anthropic cache_read_input_tokens, Gemini
+    cachedContentTokenCount, prompt_tokens_details.cached_tokens). The contract requires cache_write_tokens too, but
+    Usage carries no cache writes (the Anthropic adapter counts cache_creation_input_tokens into input_tokens only),
+    so it is 0 until Usage and the adapters carry them."""
     rendered: dict[str, Any] = {
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_input_tokens, "cache_write_tokens": 0},

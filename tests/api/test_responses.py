@@ -127,6 +127,14 @@ def test_anthropic_answer(client: openai.OpenAI, upstream: FakeUpstream) -> None
     assert sent.json["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]
 
 
+def test_cached_tokens_are_the_providers_cache_reads(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    """Anthropic counts cache reads (1111) and writes (418) apart from input_tokens (3); the prompt is all three."""
+    upstream.enqueue(anthropic_reply("cached-prompt"))
+    response = client.responses.create(model=CLAUDE, input="hello")
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.input_tokens_details.cached_tokens) == (3 + 1111 + 418, 1111)
+
+
 def test_gemini_answer(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     upstream.enqueue(gemini_reply("plain-text"))
     response = client.responses.create(

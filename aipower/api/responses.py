@@ -189,6 +189,10 @@ async def _stream(ctx: ApiContext, draft: _Draft, session: StreamSession) -> Asy
         record = draft.record(model, "failed", output, _failure(exc))
     finally:
         await session.events.aclose()
+    # A caller that goes away mid-stream leaves nothing stored (the generator is closed before this line), as with
+    # OpenAI: a stream that is not `background` stops generating when its connection closes and its id is not found
+    # afterwards; surviving a dropped connection is what background mode is for
+    # (https://platform.openai.com/docs/guides/background), and this gateway refuses background: true.
     if draft.store:
         await ctx.responses.save(record)
     final = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(

@@ -68,6 +68,23 @@ def grant(email: str, usd: Decimal, reason: str | None, reference: str | None) -
         click.echo(f"granted ${usd_text(total)} to {email}")
 
 
+@credits.command("deduct")
+@click.argument("email")
+@click.argument("usd", type=USD)
+@click.option("--reason", required=True, callback=note, help="Why (stored on the ledger row): e.g. a refunded payment.")
+@click.option("--reference", default=None, help=_REFERENCE_HELP)
+def deduct(email: str, usd: Decimal, reason: str, reference: str | None) -> None:
+    """Take USD back from a user's balance: a correction (a mistaken top-up, a chargeback). Never below zero."""
+
+    async def operation(engine: AsyncEngine) -> int:
+        user = await user_store.find(engine, email)
+        return await accounts.deduct(engine, user.id, usd, reason, reference)
+
+    total = _run_credit(operation, email)
+    if total is not None:
+        click.echo(f"deducted ${usd_text(total)} from {email}")
+
+
 def _run_credit(operation: Callable[[AsyncEngine], Awaitable[int]], email: str) -> int | None:
     """The amount credited; None (exit 0) when the reference was credited before: a retry changes nothing."""
     try:

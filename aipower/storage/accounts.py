@@ -80,6 +80,39 @@ async def grant(engine: AsyncEngine, user_id: int, usd: Decimal, note: str | Non
     return await _once(engine, credit, reference, user_id, amount, "grant")
 
 
+async def deduct(engine: AsyncEngine, user_id: int, usd: Decimal, note: str, reference: str | None = None) -> int:
+    """A correction that takes money back (a mistaken top-up, a chargeback): a negative `adjustment` row, no change to
+    lifetime top-ups; refused (MoneyError) beyond the balance, which never goes below zero. With a `reference`, at
+    most once (as top_up)."""
+    amount = _positive(usd)
+
+    async def take(conn: AsyncConnection) -> int:
+        try:
+            await _debit(conn, user_id, amount)
+        except money.MoneyError:  # not enough left: maybe because this very deduction was made before (a retry)
+            await _refuse_used(conn, reference, user_id, -amount, "adjustment")
+            raise
+        await _refuse_used(conn, reference, user_id, -amount, "adjustment")
+        await _append(conn, user_id, -amount, "adjustment", note, reference)
+        return amount
+
+    return await _once(engine, take, reference, user_id, -amount, "adjustment")
+
+
+async def _debit(conn: AsyncConnection, user_id: int, nanos: int) -> None:
+    result = await conn.execute(
+        update(users).where(u.id == user_id, u.balance_nanos >= nanos).values(balance_nanos=u.balance_nanos - nanos)
+    )
+    if result.rowcount == 1:
+        return
+    balance = (await conn.execute(select(u.balance_nanos).where(u.id == user_id))).scalar_one_or_none()
+    if balance is None:
+        raise money.MoneyError(f"no user with id {user_id}")
+    raise money.MoneyError(
+        f"the balance is ${money.usd_text(balance)} (calls in flight hold the rest): at most that can be taken back"
+    )
+
+
 async def _once(
     engine: AsyncEngine,
     credit: Callable[[AsyncConnection], Awaitable[int]],
@@ -115,7 +148,8 @@ async def _refuse_used(conn: AsyncConnection, reference: str | None, user_id: in
     if (row.user_id, row.amount_nanos, row.reason) == (user_id, amount, reason):
         raise AlreadyCredited(reference, row.created_at)
     raise money.MoneyError(
-        f"reference {reference!r} was already used for a {row.reason} of ${money.usd_text(row.amount_nanos)} "
+        f"reference {reference!r} was already used for {'an' if row.reason[0] in 'aeiou' else 'a'} {row.reason} of "
+        f"${money.usd_text(row.amount_nanos)} "
         f"to user {row.user_id}: nothing was credited; use another reference"
     )
 

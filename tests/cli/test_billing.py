@@ -195,3 +195,27 @@ def test_users_and_top_ups_read_the_catalog_serve_reads(invoke: Invoke, email: s
     assert created.exit_code == 0 and "3 free trial calls" in created.stdout, created.output
     added = invoke(["credits", "add", email, "100", "--catalog", str(ops)])
     assert added.exit_code == 0 and "$100.50" in added.stdout, added.output  # 50 credits, no tier bonus
+
+
+def test_deduct_takes_money_back_never_below_zero(invoke: Invoke, email: str, database_url: str) -> None:
+    """A mistaken top-up ($500 typed for $50) or a chargeback: the operator takes it back with a ledger row, not SQL."""
+    user(invoke, email)
+    assert invoke(["credits", "add", email, "500"]).exit_code == 0  # $500 + 100 credits + 30%: $651
+    assert invoke(["credits", "deduct", email, "450"]).exit_code == 2  # --reason is required
+    ref = "refund-" + email
+    taken = invoke(["credits", "deduct", email, "450", "--reason", "typed 500 for 50", "--reference", ref])
+    assert taken.exit_code == 0 and "deducted $450.00" in taken.stdout, taken.output
+    again = invoke(["credits", "deduct", email, "450", "--reason", "typed 500 for 50", "--reference", ref])
+    assert again.exit_code == 0 and "already credited" in again.stdout  # a retry takes nothing more
+    too_much = invoke(["credits", "deduct", email, "201.01", "--reason", "chargeback"])
+    assert too_much.exit_code == 1 and "the balance is $201.00" in too_much.stderr
+    balance = invoke(["balance", email]).stdout
+    assert "balance:      $201.00" in balance and "top-ups:      $500.00" in balance
+    rows = query(
+        database_url,
+        "SELECT l.amount_nanos, l.note FROM ledger l JOIN users u ON u.id = l.user_id "
+        "WHERE u.email = :e AND l.reason = 'adjustment'",
+        e=email,
+    )
+    assert rows == [{"amount_nanos": -450_000_000_000, "note": "typed 500 for 50"}]
+    assert invoke(["ledger", "verify"]).exit_code == 0

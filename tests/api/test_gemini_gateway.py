@@ -10,6 +10,7 @@ import openai
 import orjson
 import pytest
 
+from aipower.providers.gemini.response import call_id_prefix
 from tests.fakes.upstream import FakeUpstream, JsonReply, RawReply
 
 FIXTURES = Path(__file__).parents[1] / "fakes" / "wire" / "gemini"
@@ -49,6 +50,16 @@ def choice(message: dict[str, Any], finish: str) -> dict[str, Any]:
     }
 
 
+def made_id(response_id: str, ordinal: int) -> str:
+    """The id the gateway gives a call Gemini 2.5 sent without one."""
+    return f"{call_id_prefix(response_id, 0)}{ordinal}"
+
+
+def response_id(case: str) -> str:
+    value: str = fixture(case)["gemini_response"]["responseId"]
+    return value
+
+
 def part(case: str, index: int, key: str = "text") -> str:
     value: str = fixture(case)["gemini_response"]["candidates"][0]["content"]["parts"][index][key]
     return value
@@ -71,7 +82,7 @@ def expected_body(case: str) -> dict[str, Any]:
             return {"choices": [choice(message, "stop")], "usage": usage(29, 1737, reasoning=1001)}
         case "tool-call":
             call = {
-                "id": "call_0",
+                "id": made_id(response_id(case), 0),
                 "type": "function",
                 "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
             }
@@ -81,7 +92,11 @@ def expected_body(case: str) -> dict[str, Any]:
             }
         case "parallel-tool-calls":
             calls = [
-                {"id": f"call_{n}", "type": "function", "function": {"name": "generate_topic", "arguments": "{}"}}
+                {
+                    "id": made_id(response_id(case), n),
+                    "type": "function",
+                    "function": {"name": "generate_topic", "arguments": "{}"},
+                }
                 for n in range(3)
             ]
             return {
@@ -90,7 +105,8 @@ def expected_body(case: str) -> dict[str, Any]:
             }
         case "tool-result":
             arguments = '{"city":"Mexico City","country":"Mexico"}'
-            call = {"id": "call_0", "type": "function", "function": {"name": "final_result", "arguments": arguments}}
+            call_id = made_id(response_id(case), 0)
+            call = {"id": call_id, "type": "function", "function": {"name": "final_result", "arguments": arguments}}
             return {"choices": [choice({"content": None, "tool_calls": [call]}, "tool_calls")], "usage": usage(47, 8)}
         case "json-schema":
             text = '{"value":"A","children":[{"value":"B"},{"value":"C"}]}'
@@ -136,6 +152,7 @@ def as_gemini_stream(response: dict[str, Any]) -> bytes:
     frames = []
     for n, one in enumerate(parts):
         chunk: dict[str, Any] = {"candidates": [{"content": {"parts": [one], "role": "model"}, "index": 0}]}
+        chunk["responseId"] = response["responseId"]  # every chunk of a Gemini stream repeats it
         if n == len(parts) - 1:
             chunk["candidates"][0]["finishReason"] = candidate["finishReason"]
             chunk["usageMetadata"] = response["usageMetadata"]
@@ -188,7 +205,8 @@ def test_recorded_stream_with_usage_chunk(client: openai.OpenAI, upstream: FakeU
 
 
 def test_recorded_tool_call_stream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
-    upstream.enqueue(RawReply((FIXTURES / "stream-tool-call.sse").read_bytes(), media_type="text/event-stream"))
+    data = (FIXTURES / "stream-tool-call.sse").read_bytes()
+    upstream.enqueue(RawReply(data, media_type="text/event-stream"))
 
     args = call_args("stream-tool-call")
     del args["stream"]  # the SDK's stream() helper sets it itself
@@ -196,7 +214,12 @@ def test_recorded_tool_call_stream(client: openai.OpenAI, upstream: FakeUpstream
         final = stream.get_final_completion()
 
     [call] = final.choices[0].message.tool_calls or []
-    assert (call.id, call.function.name, call.function.arguments) == ("call_0", "get_capital", '{"country":"France"}')
+    first_id = json.loads(data.split(b"\r\n\r\n")[0].removeprefix(b"data: "))["responseId"]
+    assert (call.id, call.function.name, call.function.arguments) == (
+        made_id(first_id, 0),
+        "get_capital",
+        '{"country":"France"}',
+    )
     assert final.choices[0].finish_reason == "tool_calls"
 
 

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from aipower.providers.gemini.response import call_id_prefix
 from tests.api.conftest import dedicated_client
 from tests.conftest import Gateway, create_key
 from tests.fakes.upstream import FakeUpstream, JsonReply, completion
@@ -215,7 +216,7 @@ ROUND_TRIPS = {
     GEMINI: (
         lambda: gemini_reply("tool-call"),
         lambda: gemini_reply("plain-text"),
-        "call_0",
+        f"{call_id_prefix(fixture('gemini', 'tool-call')['gemini_response']['responseId'], 0)}0",  # made up: not sent
         [
             {"name": "get_weather", "args": {"city": "Paris"}},
             {"functionResponse": {"name": "get_weather", "response": {"result": "sunny"}}},

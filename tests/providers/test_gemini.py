@@ -33,6 +33,7 @@ from aipower.messages import (
     UsageReport,
 )
 from aipower.providers.gemini import Gemini
+from aipower.providers.gemini.response import call_id_prefix
 
 FIXTURES = Path(__file__).parents[1] / "fakes" / "wire" / "gemini"
 CATALOG = load()
@@ -58,6 +59,11 @@ def raw_part(case: str, index: int, key: str = "text") -> str:
 
 def request_of(case: str) -> ChatRequest:
     return parse_request(orjson.dumps(fixture(case)["openai_request"]))
+
+
+def made_id(response: dict[str, Any], ordinal: int) -> str:
+    """The id the gateway gives the ordinal-th call of candidate 0 of a response Gemini sent without call ids."""
+    return f"{call_id_prefix(response['responseId'], 0)}{ordinal}"
 
 
 def answer(parts: tuple[Part, ...], finish: FinishReason, usage: Usage) -> ChatResponse:
@@ -97,13 +103,17 @@ def expected_response(case: str) -> ChatResponse:
             parts = (Reasoning("", raw_part(case, 0, sig)), Text(raw_part(case, 0)))
             return answer(parts, "stop", Usage(345, 84 + 44, 0, 44))
         case "tool-call":
-            parts = (Reasoning("", raw_part(case, 0, sig)), ToolCall("call_0", "get_weather", '{"city":"Paris"}'))
+            call = ToolCall(made_id(fixture(case)["gemini_response"], 0), "get_weather", '{"city":"Paris"}')
+            parts = (Reasoning("", raw_part(case, 0, sig)), call)
             return answer(parts, "tool_calls", Usage(49, 15 + 48, 0, 48))
         case "parallel-tool-calls":
-            calls = tuple(ToolCall(f"call_{n}", "generate_topic", "{}") for n in range(3))
+            calls = tuple(
+                ToolCall(made_id(fixture(case)["gemini_response"], n), "generate_topic", "{}") for n in range(3)
+            )
             return answer((Reasoning("", raw_part(case, 0, sig)), *calls), "tool_calls", Usage(83, 30 + 190, 0, 190))
         case "tool-result":
-            call = ToolCall("call_0", "final_result", '{"city":"Mexico City","country":"Mexico"}')
+            args = '{"city":"Mexico City","country":"Mexico"}'
+            call = ToolCall(made_id(fixture(case)["gemini_response"], 0), "final_result", args)
             return answer((call,), "tool_calls", Usage(47, 8))
         case "json-schema":
             text = '{"value":"A","children":[{"value":"B"},{"value":"C"}]}'
@@ -160,6 +170,11 @@ def sse_bytes(case: str) -> bytes:
     return (FIXTURES / fixture(case)["gemini_sse"]).read_bytes()
 
 
+def first_chunk(data: bytes) -> dict[str, Any]:
+    chunk: dict[str, Any] = json.loads(data.split(b"\r\n\r\n")[0].removeprefix(b"data: "))
+    return chunk
+
+
 async def test_stream_text_deltas_then_finish_then_the_last_usage_once() -> None:
     events = await stream_events(sse_bytes("stream-text"))
 
@@ -173,10 +188,12 @@ async def test_stream_text_deltas_then_finish_then_the_last_usage_once() -> None
 
 
 async def test_stream_tool_call_is_one_delta_with_full_arguments() -> None:
-    events = await stream_events(sse_bytes("stream-tool-call"))
+    data = sse_bytes("stream-tool-call")
+
+    events = await stream_events(data)
 
     assert events == [
-        ToolCallDelta(0, 0, "call_0", "get_capital", '{"country":"France"}'),
+        ToolCallDelta(0, 0, made_id(first_chunk(data), 0), "get_capital", '{"country":"France"}'),
         Finish(0, "tool_calls"),
         UsageReport(Usage(52, 5)),
     ]
@@ -184,13 +201,13 @@ async def test_stream_tool_call_is_one_delta_with_full_arguments() -> None:
 
 async def test_stream_signed_tool_call_carries_the_signature_on_a_reasoning_delta() -> None:
     data = sse_bytes("stream-signed-tool-call")
-    signature = json.loads(data.split(b"\r\n\r\n")[0].removeprefix(b"data: "))["candidates"][0]["content"]["parts"][0]
+    signature = first_chunk(data)["candidates"][0]["content"]["parts"][0]
 
     events = await stream_events(data)
 
     assert events == [
         ReasoningDelta(0, "", signature["thoughtSignature"]),
-        ToolCallDelta(0, 0, "call_0", "get_country", "{}"),
+        ToolCallDelta(0, 0, made_id(first_chunk(data), 0), "get_country", "{}"),
         Finish(0, "tool_calls"),
         UsageReport(Usage(29, 10 + 202, 0, 202)),
     ]
@@ -607,3 +624,103 @@ def test_what_gemini_cannot_take_is_a_400_naming_the_field(body: dict[str, Any],
 
     assert caught.value.param == param
     assert caught.value.status == 400
+
+
+# --- tool-call ids ---------------------------------------------------------------------------------------
+
+
+def _call_ids(response: ChatResponse) -> list[str]:
+    return [p.id for c in response.choices for p in c.message.parts if isinstance(p, ToolCall)]
+
+
+def test_calls_gemini_sent_without_ids_get_ids_unique_across_turns_and_candidates() -> None:
+    """Gemini 2.5 sends no functionCall.id: every answer's first call used to be call_0, in every turn of a loop."""
+    turns = [fixture(case)["gemini_response"] for case in ("tool-call", "parallel-tool-calls", "tool-result")]
+    call = {"functionCall": {"name": "f", "args": {}}}
+    two_candidates = {
+        "responseId": "two-candidates",
+        "candidates": [{"content": {"parts": [call, call]}, "index": i, "finishReason": "STOP"} for i in (0, 1)],
+    }
+    no_response_id = {"candidates": [{"content": {"parts": [call]}, "finishReason": "STOP"}]}
+
+    ids = [i for body in [*turns, two_candidates, no_response_id, no_response_id] for i in _call_ids(parse(body))]
+
+    assert len(ids) == 1 + 3 + 1 + 4 + 1 + 1
+    assert len(set(ids)) == len(ids)
+    assert all(i.startswith("call_") for i in ids)
+
+
+def parse(body: dict[str, Any]) -> ChatResponse:
+    return ADAPTER.parse_response(orjson.dumps(body))
+
+
+async def test_streamed_calls_without_ids_get_distinct_ids_across_chunks_and_candidates() -> None:
+    def chunk(index: int, name: str) -> bytes:
+        part = {"functionCall": {"name": name, "args": {}}}
+        body = {"responseId": "r1", "candidates": [{"content": {"parts": [part]}, "index": index}]}
+        return b"data: " + orjson.dumps(body) + b"\r\n\r\n"
+
+    done = [{"content": {"parts": []}, "index": i, "finishReason": "STOP"} for i in (0, 1)]
+    last = b"data: " + orjson.dumps({"responseId": "r1", "candidates": done}) + b"\r\n\r\n"
+
+    events = await stream_events(chunk(0, "a") + chunk(1, "b") + chunk(0, "c") + last)
+
+    calls = [(e.index, e.call_index, e.name) for e in events if isinstance(e, ToolCallDelta)]
+    ids = [e.id for e in events if isinstance(e, ToolCallDelta)]
+    assert calls == [(0, 0, "a"), (1, 0, "b"), (0, 1, "c")]
+    assert len(set(ids)) == 3
+
+
+def test_gemini3_call_ids_are_kept_and_sent_back_on_the_call_and_its_result() -> None:
+    """Recorded pydantic-ai turn 2 (answered 200) sends Gemini's id as functionCall.id and functionResponse.id."""
+    case = fixture("gemini3-call-ids")
+    [call] = [p for p in parse(case["gemini_response"]).choices[0].message.parts if isinstance(p, ToolCall)]
+    assert (call.id, call.name) == ("0usajhl5", "load_capability")
+    tool_call = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
+    result = '{"instructions": "Use the refund policy tool before answering refund questions."}'
+    history = [
+        {"role": "assistant", "tool_calls": [tool_call]},
+        {"role": "tool", "tool_call_id": call.id, "content": result},
+    ]
+
+    contents = build({"messages": [*HI, *history]})["contents"][1:]
+
+    recorded = case["next_request_contents"]
+    assert contents[0]["parts"][0]["functionCall"] == recorded[0]["parts"][0]["functionCall"]
+    assert contents[1]["parts"][0]["functionResponse"] == recorded[1]["parts"][0]["functionResponse"]
+
+
+@pytest.mark.parametrize("case", ["tool-call", "no-response-id", "legacy"])
+def test_ids_the_gateway_made_are_not_sent_to_gemini(case: str) -> None:
+    if case == "legacy":  # the call_<n> ids earlier versions made
+        call_id = "call_3"
+    else:
+        body = fixture("tool-call")["gemini_response"]
+        if case == "no-response-id":
+            body = {k: v for k, v in body.items() if k != "responseId"}
+        call_id = _call_ids(parse(body))[0]
+    tool_call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        {"role": "assistant", "tool_calls": [tool_call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "1"},
+    ]
+
+    contents = build({"messages": [*HI, *history]})["contents"][1:]
+
+    assert contents[0]["parts"] == [{"functionCall": {"name": "get_weather", "args": {}}}]
+    assert contents[1]["parts"] == [{"functionResponse": {"name": "get_weather", "response": {"result": "1"}}}]
+
+
+def test_ids_from_other_providers_go_to_gemini_as_they_are() -> None:
+    """Recorded pydantic-ai histories send OpenAI's call_… and its own pyd_ai_… ids to Gemini 2.5 and 3 (200)."""
+    call_id = "call_30QT8bqUqQbKXjJMlRHv8XwI"
+    tool_call = {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [
+        {"role": "assistant", "tool_calls": [tool_call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "1"},
+    ]
+
+    contents = build({"messages": [*HI, *history]})["contents"][1:]
+
+    assert contents[0]["parts"][0]["functionCall"]["id"] == call_id
+    assert contents[1]["parts"][0]["functionResponse"]["id"] == call_id

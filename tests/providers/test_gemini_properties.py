@@ -51,7 +51,8 @@ def model_parts(draw: st.DrawFn) -> tuple[Part, ...]:
             parts.append(Text(draw(texts)))
         else:
             args = orjson.dumps(draw(arguments)).decode()
-            parts.append(ToolCall(f"call_{calls}", draw(names), args))
+            # a Gemini 3 style id: sent back as functionCall.id, so it survives the round trip (made-up ids do not)
+            parts.append(ToolCall(f"fc{calls}x8q2", draw(names), args))
             calls += 1
     return tuple(parts)
 

@@ -44,6 +44,7 @@ class Gemini(Adapter):
         started: set[int] = set()
         finished: set[int] = set()
         last_usage = None
+        seed: str | None = None
         async for event in events:
             try:
                 chunk = orjson.loads(event.data)
@@ -54,8 +55,10 @@ class Gemini(Adapter):
                 raise self._stream_error(error)
             if not isinstance(chunk, dict):
                 raise self.unreadable("a stream chunk that is not a JSON object")
+            if seed is None:  # every chunk repeats the responseId; the first one's serves the whole stream
+                seed = wire.call_id_seed(chunk)
             try:
-                stream_events = chunk_events(chunk, calls)
+                stream_events = chunk_events(chunk, calls, seed)
             except wire.Unreadable:
                 raise self.unreadable("a stream chunk that is not a generateContent answer") from None
             for stream_event in stream_events:

@@ -15,6 +15,7 @@ import orjson
 
 from aipower.errors import InvalidRequest
 from aipower.messages import ChatRequest, Image, Message, Reasoning, Text, ToolCall, ToolChoice
+from aipower.providers.gemini.response import generated_call_id
 
 Json = dict[str, Any]
 
@@ -142,9 +143,10 @@ def _model_parts(message: Message, position: int) -> list[Json]:
                 if text or pending is not None:
                     parts.append(_signed({"text": text}, pending))
                     pending = None
-            case ToolCall(name=name):
+            case ToolCall(id=call_id, name=name):
                 args = _arguments(part, f"messages[{position}].tool_calls[{calls}].function.arguments")
-                parts.append(_signed({"functionCall": {"name": name, "args": args}}, pending))
+                call = _with_id({"name": name, "args": args}, call_id)
+                parts.append(_signed({"functionCall": call}, pending))
                 pending, calls = None, calls + 1
             case Image():
                 raise _invalid(f"messages[{position}].content", "Gemini model turns cannot contain images.")
@@ -153,6 +155,14 @@ def _model_parts(message: Message, position: int) -> list[Json]:
     if pending is not None:
         parts.append({"text": "", "thoughtSignature": pending})
     return parts
+
+
+def _with_id(call: Json, call_id: str | None) -> Json:
+    """Gemini 3 gives calls an id and matches the functionResponse by it
+    (https://ai.google.dev/api/caching#FunctionCall); ids the gateway made up are never Gemini's, so they stay out."""
+    if call_id and not generated_call_id(call_id):
+        call["id"] = call_id
+    return call
 
 
 def _signed(part: Json, signature: str | None) -> Json:
@@ -186,7 +196,7 @@ def _function_response(message: Message, position: int, names: Mapping[str, str]
     except orjson.JSONDecodeError:
         value = None
     response = value if isinstance(value, dict) else {"result": text}
-    return {"functionResponse": {"name": name, "response": response}}
+    return {"functionResponse": _with_id({"name": name, "response": response}, message.tool_call_id)}
 
 
 def image_part(url: str, param: str) -> Json:

@@ -7,7 +7,10 @@ errors: https://ai.google.dev/gemini-api/docs/troubleshooting .
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +32,9 @@ _FINISH: Mapping[str, FinishReason] = {
     "IMAGE_PROHIBITED_CONTENT": "content_filter",
 }  # anything else (LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, ...) ends the answer: "stop"
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+# Ids this gateway makes for calls Gemini sent without one: call_<16 hex>_<ordinal>, and call_<ordinal> as
+# earlier versions made them. Gemini never saw them, so they are not sent back as functionCall/functionResponse ids.
+_GENERATED_ID = re.compile(r"call_(?:[0-9a-f]{16}_)?[0-9]+")
 
 
 class Unreadable(Exception):
@@ -42,7 +48,8 @@ def response(data: object) -> ChatResponse:
     candidates = data.get("candidates") or []
     if not isinstance(candidates, list):
         raise Unreadable
-    choices = tuple(_choice(c, position) for position, c in enumerate(candidates))
+    seed = call_id_seed(data)
+    choices = tuple(_choice(c, position, seed) for position, c in enumerate(candidates))
     if not choices:
         if not blocked(data):
             raise Unreadable
@@ -50,9 +57,9 @@ def response(data: object) -> ChatResponse:
     return ChatResponse(choices=choices, usage=usage(data.get("usageMetadata")))
 
 
-def _choice(candidate: object, position: int) -> Choice:
+def _choice(candidate: object, position: int, seed: str) -> Choice:
     index, raw_parts = candidate_parts(candidate, position)
-    parts = tuple(parts_of(raw_parts, 0))
+    parts = tuple(parts_of(raw_parts, 0, call_id_prefix(seed, index)))
     has_calls = any(isinstance(p, ToolCall) for p in parts)
     finish = finish_reason(_get(candidate, "finishReason"), has_calls) or ("tool_calls" if has_calls else "stop")
     return Choice(index=index, message=Message("assistant", parts), finish_reason=finish)
@@ -70,10 +77,27 @@ def candidate_parts(candidate: object, position: int) -> tuple[int, list[Any]]:
     return index, raw_parts
 
 
-def parts_of(raw_parts: list[Any], first_call: int) -> list[Part]:
+def call_id_seed(data: Json) -> str:
+    """What a response's generated call ids derive from: its responseId (unique per answer), else a random one."""
+    response_id = data.get("responseId")
+    return response_id if isinstance(response_id, str) and response_id else secrets.token_hex(16)
+
+
+def call_id_prefix(seed: str, index: int) -> str:
+    """call_<16 hex>_ for one candidate: ids Gemini 2.5 leaves out are unique across turns and candidates."""
+    return f"call_{hashlib.sha256(f'{seed}/{index}'.encode()).hexdigest()[:16]}_"
+
+
+def generated_call_id(call_id: str) -> bool:
+    """Whether the gateway made this id up (see _GENERATED_ID) rather than Gemini or another provider."""
+    return _GENERATED_ID.fullmatch(call_id) is not None
+
+
+def parts_of(raw_parts: list[Any], first_call: int, id_prefix: str) -> list[Part]:
     """Parts in order. thought parts are Reasoning; a thoughtSignature on any other part becomes a
     signature-only Reasoning just before it, so the signature returns on that part next turn
-    (https://ai.google.dev/gemini-api/docs/thought-signatures). Calls get ids call_<ordinal in the candidate>."""
+    (https://ai.google.dev/gemini-api/docs/thought-signatures). Calls keep Gemini's functionCall.id, else get
+    <id_prefix><ordinal in the candidate>."""
     parts: list[Part] = []
     calls = first_call
     for raw in raw_parts:
@@ -88,17 +112,17 @@ def parts_of(raw_parts: list[Any], first_call: int) -> list[Part]:
         if signature:
             parts.append(Reasoning("", signature))
         if "functionCall" in raw:
-            parts.append(_tool_call(raw["functionCall"], calls))
+            parts.append(_tool_call(raw["functionCall"], f"{id_prefix}{calls}"))
             calls += 1
         elif isinstance(text, str) and text:
             parts.append(Text(text))
     return parts
 
 
-def _tool_call(call: object, ordinal: int) -> ToolCall:
+def _tool_call(call: object, generated_id: str) -> ToolCall:
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise Unreadable
-    call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else f"call_{ordinal}"
+    call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else generated_id
     return ToolCall(str(call_id), call["name"], orjson.dumps(call.get("args") or {}).decode())
 
 

@@ -20,13 +20,21 @@ from aipower.messages import (
     ToolCall,
     ToolCallDelta,
 )
-from aipower.providers.gemini.response import Unreadable, blocked, candidate_parts, finish_reason, parts_of
+from aipower.providers.gemini.response import (
+    Unreadable,
+    blocked,
+    call_id_prefix,
+    candidate_parts,
+    finish_reason,
+    parts_of,
+)
 
 Json = dict[str, Any]
 
 
-def chunk_events(chunk: Json, calls: dict[int, int]) -> list[StreamEvent]:
-    """The events of one chunk; `calls` counts tool calls per candidate across the stream (call_index, ids)."""
+def chunk_events(chunk: Json, calls: dict[int, int], seed: str) -> list[StreamEvent]:
+    """The events of one chunk; `calls` counts tool calls per candidate across the stream (call_index, ids), and
+    `seed` (response.call_id_seed of the first chunk) makes the ids of calls Gemini sent without one."""
     candidates = chunk.get("candidates") or []
     if not isinstance(candidates, list):
         raise Unreadable
@@ -34,7 +42,7 @@ def chunk_events(chunk: Json, calls: dict[int, int]) -> list[StreamEvent]:
     for position, candidate in enumerate(candidates):
         index, raw_parts = candidate_parts(candidate, position)
         seen = calls.get(index, 0)
-        for part in parts_of(raw_parts, seen):
+        for part in parts_of(raw_parts, seen, call_id_prefix(seed, index)):
             match part:
                 case Text(text=text):
                     events.append(TextDelta(index, text))

@@ -357,3 +357,23 @@ def test_a_stream_the_upstream_cut_short_is_an_error_billed_an_estimate(
     assert (status, estimated) == (502, True) and output > 0 and charged > 0
     assert balance_of(gateway.database_url, email).held_nanos == 0
     assert verify(gateway.database_url) == []
+
+
+def test_a_rate_limit_error_mid_stream_is_a_429_frame_and_logged_429(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """An {"error": ...} chunk naming a rate limit after content: the caller's error frame and the request log say
+    429 rate limiting, as the same error before the stream would, not a generic 502."""
+    email, key, _ = new_user(gateway, top_up_usd="10")
+    first = stream_chunks("deepseek-chat", ["Hel"], usage=False)[:2]
+    error = {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}
+    upstream.enqueue(SseReply((*first, {"error": error}), done=False))
+    with client(gateway, key) as sdk, pytest.raises(openai.APIError) as caught:
+        for _ in sdk.chat.completions.create(model=CHEAP, messages=HELLO, stream=True):
+            pass
+    assert (caught.value.type, caught.value.code) == ("rate_limit_error", "upstream_rate_limited")
+    assert "Rate limit reached" in caught.value.message
+    deadline = time.monotonic() + 5
+    while billed_calls(gateway.database_url, email) == 0 and time.monotonic() < deadline:
+        upstream.stream_closed.wait(0.05)
+    status, _, estimated, _ = last_logged(gateway.database_url, email)
+    assert (status, estimated) == (429, True)
+    assert verify(gateway.database_url) == []

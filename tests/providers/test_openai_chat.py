@@ -652,6 +652,39 @@ async def test_an_error_event_mid_stream_raises(catalog: Catalog) -> None:
     assert "sk-secret-987654321" not in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        # OpenAI's 429 body (https://platform.openai.com/docs/guides/error-codes), sent mid-stream
+        (
+            {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"},
+            429,
+            "upstream_rate_limited",
+        ),
+        ({"message": "Requests rate limit exceeded", "code": "Throttling.RateQuota"}, 429, "upstream_rate_limited"),
+        ({"message": "You exceeded your current quota", "type": "insufficient_quota"}, 429, "upstream_rate_limited"),
+        ({"message": "The server is overloaded", "type": "server_overloaded"}, 503, "upstream_unavailable"),
+        ({"message": "Service unavailable", "code": 503}, 503, "upstream_unavailable"),
+        (
+            {"message": "Too long", "type": "invalid_request_error", "code": "context_length_exceeded"},
+            400,
+            "upstream_invalid_request",
+        ),
+        ({"message": "Internal error", "type": "server_error"}, 502, "upstream_error"),
+        ({"message": "Something odd", "code": "1234"}, 502, "upstream_error"),
+    ],
+)
+async def test_an_error_event_mid_stream_is_mapped_as_the_same_error_before_the_stream(
+    catalog: Catalog, error: dict[str, Any], status: int, code: str
+) -> None:
+    """A rate limit mid-stream is a 429 (rate_limit_error), an overload a 503: not always a 502."""
+    raw = b'data: {"choices":[{"index":0,"delta":{"content":"par"}}]}\n\n' + sse.encode(orjson.dumps({"error": error}))
+    with pytest.raises(UpstreamError) as raised:
+        await parse_stream(adapter(catalog, "qwen"), raw, 16)
+    assert (raised.value.status, raised.value.code) == (status, code)
+    assert error["message"] in raised.value.message
+
+
 @pytest.mark.parametrize("data", [b"data: not json\n\n", b"data: [1, 2]\n\n"])
 async def test_a_chunk_that_is_not_a_json_object_is_a_bad_response(catalog: Catalog, data: bytes) -> None:
     with pytest.raises(UpstreamError) as raised:

@@ -16,7 +16,15 @@ from aipower.errors import UpstreamError
 from aipower.messages import ChatRequest, ChatResponse, StreamEvent
 from aipower.providers.base import Adapter, UpstreamRequest, classify, retry_after_seconds
 from aipower.providers.openai_chat.request import apply_quirks, check_request, render_body
-from aipower.providers.openai_chat.response import FAILED, Interrupted, Json, error_message, parse_choice, parse_usage
+from aipower.providers.openai_chat.response import (
+    FAILED,
+    Interrupted,
+    Json,
+    error_message,
+    error_status,
+    parse_choice,
+    parse_usage,
+)
 from aipower.providers.openai_chat.stream import StreamState, chunk_events
 from aipower.sse import SseEvent
 
@@ -65,8 +73,8 @@ class OpenAIChat(Adapter):
                 raise self.unreadable("a stream chunk that is not JSON") from None
             if not isinstance(chunk, dict):
                 raise self.unreadable("a stream chunk that is not a JSON object")
-            if "error" in chunk:
-                raise self._error_from(chunk, status=502)
+            if "error" in chunk:  # mapped as the same error before the stream would be (its status from its words)
+                raise self._error_from(chunk, status=error_status(chunk))
             try:
                 stream_events = chunk_events(chunk, state)
             except Interrupted as cut:

@@ -116,6 +116,30 @@ def parse_usage(data: Json | None) -> Usage | None:
     return Usage(prompt, data.get("completion_tokens") or 0, cached or 0, reasoning)
 
 
+# A mid-stream {"error": ...} chunk has no HTTP status of its own: the status its error names, in the words
+# OpenAI (https://platform.openai.com/docs/guides/error-codes), DashScope (Throttling.*, "Requests rate limit
+# exceeded"), DeepSeek and Zhipu use for it. Checked in order; nothing known is a 502.
+_ERROR_WORDS: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("rate_limit", "ratelimit", "rate limit", "throttl", "too_many_requests", "too many requests", "quota"), 429),
+    (("overload", "unavailable", "capacity", "insufficient_system_resource"), 503),
+    (("invalid_request", "invalid_parameter", "invalidparameter", "context_length", "bad_request"), 400),
+)
+
+
+def error_status(data: object) -> int:
+    """The HTTP status an error chunk stands for: a status in it (`status`, or a 4xx/5xx `code`), else its
+    `type`/`code` words (see _ERROR_WORDS), else 502."""
+    error = data.get("error", data) if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return 502
+    for key in ("status", "code"):
+        value = error.get(key)
+        if isinstance(value, (int, str)) and str(value).isdigit() and 400 <= int(value) <= 599:
+            return int(value)
+    words = " ".join(str(error.get(key) or "") for key in ("type", "code")).lower()
+    return next((status for names, status in _ERROR_WORDS if any(n in words for n in names)), 502)
+
+
 def error_message(data: object) -> str | None:
     if not isinstance(data, dict):
         return None

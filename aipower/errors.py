@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from aipower.messages import Usage
+
 
 class GatewayError(Exception):
     """Base of every error rendered to a caller; fields map 1:1 onto the OpenAI error envelope."""
@@ -120,3 +122,6 @@ class UpstreamError(GatewayError):
         self.status = status
         self.type = type
         self.retryable = retryable
+        # What a stream that failed had already reported (e.g. Anthropic's message_start input_tokens): its input
+        # counts are billed as they are, its output is estimated from what was relayed.
+        self.usage_so_far: Usage | None = None

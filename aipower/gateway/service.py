@@ -272,6 +272,8 @@ class Gateway:
             outcome = _Outcome(200, None, None)
         except BaseException as exc:
             outcome = _failed(exc)
+            if isinstance(exc, UpstreamError):
+                meter.know(exc.usage_so_far)
             raise
         finally:
             try:

@@ -377,3 +377,35 @@ def test_a_rate_limit_error_mid_stream_is_a_429_frame_and_logged_429(gateway: Ga
     status, _, estimated, _ = last_logged(gateway.database_url, email)
     assert (status, estimated) == (429, True)
     assert verify(gateway.database_url) == []
+
+
+def test_an_anthropic_error_event_after_content_bills_the_input_message_start_gave(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    """message_start already gave the real input_tokens: the charge uses them, and estimates only the output."""
+    email, key, _ = new_user(gateway, top_up_usd="10")
+    raw = (WIRE / "anthropic" / "stream-error.sse").read_bytes()
+    assert b'"input_tokens":8,' in raw
+    upstream.enqueue(
+        RawReply(raw.replace(b'"input_tokens":8,', b'"input_tokens":4321,'), media_type="text/event-stream")
+    )
+    with client(gateway, key) as sdk, pytest.raises(openai.APIError) as caught:
+        for _ in sdk.chat.completions.create(model="anthropic/claude-sonnet", messages=HELLO, stream=True):
+            pass
+    assert "Overloaded" in caught.value.message
+    deadline = time.monotonic() + 5
+    while billed_calls(gateway.database_url, email) == 0 and time.monotonic() < deadline:
+        upstream.stream_closed.wait(0.05)
+    uid = user_id(gateway.database_url, email)
+    log = request_log.c
+    query = select(log.input_tokens, log.output_tokens, log.estimated).where(log.user_id == uid)
+
+    async def row(engine: AsyncEngine) -> tuple[int, int, bool]:
+        async with engine.connect() as conn:
+            found = (await conn.execute(query.order_by(log.id.desc()).limit(1))).one()
+        return int(found[0]), int(found[1]), bool(found[2])
+
+    input_tokens, output, estimated = on(gateway.database_url, row)
+    assert (input_tokens, estimated) == (4321, True) and output > 0  # "Hello" was relayed: estimated output
+    assert balance_of(gateway.database_url, email).held_nanos == 0
+    assert verify(gateway.database_url) == []

@@ -294,6 +294,8 @@ async def test_stream_error_event_mid_stream_raises_mapped_error() -> None:
     assert received == [TextDelta(0, "Hello")]
     assert (caught.value.status, caught.value.code, caught.value.retryable) == (503, "upstream_unavailable", True)
     assert "Overloaded" in caught.value.message
+    # message_start's real input count travels with the error: the gateway bills it, estimating only the output
+    assert caught.value.usage_so_far is not None and caught.value.usage_so_far.input_tokens == 8
 
 
 async def test_stream_error_before_content_raises_before_any_event() -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
+from aipower.errors import UpstreamError
 from aipower.messages import (
     Finish,
     FinishReason,
@@ -67,6 +68,12 @@ class _State:
                 self.stopped = True
                 return [UsageReport(usage(self.usage))]
         return []  # ping, and event types added after this was written
+
+    def failed(self, error: UpstreamError) -> UpstreamError:
+        """The error, carrying the input counts message_start gave (billed as they are; the output is estimated)."""
+        if "input_tokens" in self.usage:
+            error.usage_so_far = usage(self.usage)
+        return error
 
     def _count(self, reported: Json | None) -> None:
         self.usage.update({k: v for k, v in (reported or {}).items() if v is not None})
@@ -130,7 +137,7 @@ async def parse_events(adapter: Adapter, events: AsyncIterator[SseEvent]) -> Asy
         if not isinstance(data, dict):
             raise adapter.unreadable("a stream event that is not a JSON object")
         if data.get("type") == "error":
-            raise error_from_event(adapter.provider, data)
+            raise state.failed(error_from_event(adapter.provider, data))
         try:
             stream_events = state.see(data)
         except (KeyError, TypeError, AttributeError):
@@ -140,5 +147,5 @@ async def parse_events(adapter: Adapter, events: AsyncIterator[SseEvent]) -> Asy
         if state.stopped:
             return
     if state.finish is None:
-        raise adapter.unreadable("a stream that ended before the message did")
+        raise state.failed(adapter.unreadable("a stream that ended before the message did"))
     yield UsageReport(usage(state.usage))

@@ -56,6 +56,7 @@ class Quirks:
     thinking_budgets: tuple[tuple[str, int], ...] = ()  # enable_thinking: reasoning_effort -> thinking_budget
     think_tags: bool = False  # reasoning arrives inline, as <think>...</think> opening the content
     reasoning_history: ReasoningHistory = "drop"
+    thinking_streams: bool = False  # enable_thinking works only on streamed calls: others are streamed and folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,7 @@ class _QuirksFile(BaseModel):
     thinking_budgets: dict[str, Annotated[int, Field(gt=0)]] | None = None
     think_tags: bool | None = None
     reasoning_history: ReasoningHistory | None = None
+    thinking_streams: bool | None = None
 
     def over(self, base: Quirks) -> Quirks:
         """These quirks merged over `base`: a model's over its provider's."""

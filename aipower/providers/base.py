@@ -41,6 +41,10 @@ class Adapter(ABC):
     @abstractmethod
     def parse_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError: ...
 
+    def streams_only(self, request: ChatRequest, target: Target) -> bool:
+        """Whether this non-streamed request must be streamed upstream (and folded into one answer)."""
+        return False
+
     def unreadable(self, what: str) -> UpstreamError:
         return UpstreamError(
             f"{self.provider.name} returned {what}.",

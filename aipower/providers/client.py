@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 import orjson
 
@@ -12,6 +13,7 @@ from aipower.errors import InvalidRequest, UpstreamError
 from aipower.messages import ChatRequest, ChatResponse, StreamEvent
 from aipower.providers import WIRE_FORMATS
 from aipower.providers.base import Adapter, UpstreamRequest
+from aipower.providers.stream_fold import fold
 from aipower.providers.transport import Transport
 
 
@@ -24,6 +26,8 @@ class ProviderClient:
 
     async def complete(self, target: Target, request: ChatRequest) -> ChatResponse:
         adapter = self._adapters[target.provider.id]
+        if adapter.streams_only(request, target):  # e.g. Qwen's thinking: streamed upstream, one answer back
+            return await fold(self.stream(target, replace(request, stream=True, include_usage=True)))
         raw = await self._transport.send(_build(adapter, request, target), target.provider.name)
         if raw.status >= 400:
             raise _redacted(adapter.parse_error(raw.status, raw.body, raw.headers), target)

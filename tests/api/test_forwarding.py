@@ -9,7 +9,7 @@ import pytest
 
 from tests.api.conftest import dedicated_client
 from tests.conftest import Gateway, provider_env
-from tests.fakes.upstream import FakeUpstream, JsonReply, completion
+from tests.fakes.upstream import FakeUpstream, JsonReply, SseReply, completion
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -179,3 +179,47 @@ def test_an_sdk_callers_reasoning_content_reaches_providers_that_need_it(
     assistant = upstream.last.json["messages"][1]
     assert assistant.get("reasoning_content") == (TOOL_LOOP[1]["reasoning_content"] if sent else None)
     assert assistant["tool_calls"] == TOOL_LOOP[1]["tool_calls"]
+
+
+def _qwen_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "chatcmpl-q", "object": "chat.completion.chunk", "model": "qwen-plus", "choices": [choice]}
+
+
+def test_qwen_thinking_without_stream_is_streamed_upstream_and_answered_as_one_json(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    """DashScope documents Qwen3 thinking as streaming-only (a non-streamed call with enable_thinking is a 400):
+    the gateway streams it upstream and answers the caller's non-streamed call with the whole message."""
+    frames = (
+        _qwen_chunk({"role": "assistant", "content": "", "reasoning_content": "Add "}),
+        _qwen_chunk({"reasoning_content": "them."}),
+        _qwen_chunk({"content": "2 + 2"}),
+        _qwen_chunk({"content": " = 4"}),
+        _qwen_chunk({}, "stop"),
+        {"id": "chatcmpl-q", "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20}},
+    )
+    upstream.enqueue(SseReply(frames))
+
+    reply = client.chat.completions.create(model="qwen/qwen-plus", messages=HELLO, reasoning_effort="low")
+
+    (sent,) = upstream.requests
+    assert sent.json["stream"] is True and sent.json["stream_options"] == {"include_usage": True}
+    assert (sent.json["enable_thinking"], sent.json["thinking_budget"]) == (True, 2048)
+    message = reply.choices[0].message
+    assert (message.content, (message.model_extra or {}).get("reasoning_content")) == ("2 + 2 = 4", "Add them.")
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (11, 9)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"reasoning_effort": "none"}, {"reasoning_effort": "low", "extra_body": {"enable_thinking": False}}],
+)
+def test_qwen_without_thinking_stays_a_plain_call(
+    client: openai.OpenAI, upstream: FakeUpstream, fields: dict[str, Any]
+) -> None:
+    client.chat.completions.create(model="qwen/qwen-plus", messages=HELLO, **fields)
+
+    (sent,) = upstream.requests
+    assert "stream" not in sent.json

@@ -15,7 +15,7 @@ from aipower.catalog import Target
 from aipower.errors import UpstreamError
 from aipower.messages import ChatRequest, ChatResponse, StreamEvent
 from aipower.providers.base import Adapter, UpstreamRequest, classify, retry_after_seconds
-from aipower.providers.openai_chat.request import apply_quirks, check_request, render_body
+from aipower.providers.openai_chat.request import apply_quirks, check_request, render_body, thinks
 from aipower.providers.openai_chat.response import (
     FAILED,
     Interrupted,
@@ -46,6 +46,11 @@ class OpenAIChat(Adapter):
         apply_quirks(body, quirks, target.model.id)
         headers = {"Authorization": f"Bearer {target.api_key}", "Content-Type": "application/json"}
         return UpstreamRequest(url=f"{target.base_url}/chat/completions", headers=headers, body=orjson.dumps(body))
+
+    def streams_only(self, request: ChatRequest, target: Target) -> bool:
+        """Thinking the provider only streams (thinking_streams quirk): a non-streamed call is streamed upstream."""
+        quirks = target.model.quirks_at(self.provider)
+        return quirks.thinking_streams and not request.stream and thinks(request, quirks)
 
     def parse_response(self, body: bytes) -> ChatResponse:
         tags = self.provider.quirks.think_tags

@@ -99,6 +99,17 @@ def _apply_reasoning(body: Json, quirks: Quirks, model_id: str) -> None:
             assert_never(quirks.reasoning)
 
 
+def thinks(request: ChatRequest, quirks: Quirks) -> bool:
+    """Whether an enable_thinking upstream will be asked to think (the caller's enable_thinking wins, as sent)."""
+    if quirks.reasoning != "enable_thinking":
+        return False
+    enable = request.extra.get("enable_thinking")
+    if enable is not None:
+        return enable is True
+    effort = request.extra.get("reasoning_effort")
+    return effort is not None and effort != "none"
+
+
 def _thinking_on(body: Json, quirks: Quirks) -> bool:
     """Whether the upstream will think: the `thinking.type` sent (mapped or the caller's), else the model's knob."""
     thinking = body.get("thinking")

@@ -34,7 +34,7 @@ from aipower.providers.transport import Timeouts, Transport
 from aipower.settings import Settings, from_environ
 from aipower.storage import db, keys
 from aipower.storage.keys import SqlKeyStore
-from aipower.storage.ledger import SqlLedger
+from aipower.storage.ledger import SqlLedger, new_owner
 from aipower.storage.ledger_owners import HoldKeeper
 from aipower.storage.reports import SqlAccountReader
 from aipower.storage.request_log import BufferedRequestLog
@@ -74,8 +74,9 @@ def create_app(settings: Settings) -> Starlette:
     redis = _connect_redis(settings.redis_url) if settings.redis_url else None
     ledger_engine = db.make_engine(settings.database_url, ledger=True)
     limiter = _limiter(settings, redis)
-    book = SqlLedger(ledger_engine, spares=settings.spare_holds)
-    keeper = HoldKeeper(engine, book.owner, settings.hold_beat_seconds)
+    owner = new_owner()
+    keeper = HoldKeeper(engine, owner, settings.hold_beat_seconds)
+    book = SqlLedger(ledger_engine, spares=settings.spare_holds, owner=owner, fenced=keeper.fenced)
     services = Services(
         engine, transport, request_log, deployments, redis, settings.demo_key, book, ledger_engine, limiter, keeper
     )

@@ -100,6 +100,14 @@ class UpstreamUnavailable(GatewayError):
     default_code = "upstream_unavailable"
 
 
+class LedgerUnavailable(GatewayError):
+    """The ledger cannot take a hold now (its process lost its heartbeat to the database: storage.ledger_owners)."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "ledger_unavailable"
+
+
 class ProviderNotConfigured(UpstreamUnavailable):
     default_code = "provider_not_configured"
 

@@ -14,7 +14,6 @@ from aipower.cli.params import USD, catalog_option, load_catalog, note
 from aipower.cli.storage import run
 from aipower.gateway.protocols import Balance
 from aipower.money import MoneyError, credits_text, format_usd, usd_text
-from aipower.settings import from_environ
 from aipower.storage import accounts, ledger_owners
 from aipower.storage import users as user_store
 
@@ -148,10 +147,9 @@ def ledger() -> None:
 )
 def verify(repair: bool, older_than: int) -> None:
     """Prove every balance equals the sum of its ledger (plus open holds); exit 1 if not."""
-    beat = from_environ().hold_beat_seconds
 
     async def operation(engine: AsyncEngine) -> tuple[int, list[accounts.Discrepancy], int]:
-        released = await ledger_owners.sweep(engine, beat, older_than) if repair else 0
+        released = await ledger_owners.sweep(engine, older_than) if repair else 0
         return released, await accounts.verify(engine), await accounts.count_open_holds(engine)
 
     released, problems, open_holds = run(operation)

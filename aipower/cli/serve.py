@@ -91,7 +91,7 @@ async def _release_stale_holds(settings: Settings) -> int:
     """Holds of processes that stopped (storage.ledger_owners): released, no charge. A live process's, never."""
     engine = db.make_engine(settings.database_url)
     try:
-        return await ledger_owners.sweep(engine, settings.hold_beat_seconds, settings.stale_hold_seconds)
+        return await ledger_owners.sweep(engine, settings.stale_hold_seconds)
     finally:
         await engine.dispose()
 

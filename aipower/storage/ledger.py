@@ -29,15 +29,15 @@ import asyncio
 import datetime as dt
 import itertools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aipower.errors import GatewayError, InsufficientCredit
+from aipower.errors import GatewayError, InsufficientCredit, LedgerUnavailable
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
 from aipower.storage import db, ledger_alone, ledger_spares
 from aipower.storage.batch import AlchemyBatch
@@ -63,18 +63,28 @@ class _Waiting(Generic[Op]):
 
 class SqlLedger:
     def __init__(
-        self, engine: AsyncEngine, max_batch: int = 256, *, together: bool = True, spares: bool = False
+        self,
+        engine: AsyncEngine,
+        max_batch: int = 256,
+        *,
+        together: bool = True,
+        spares: bool = False,
+        owner: str | None = None,
+        fenced: Callable[[], bool] | None = None,
     ) -> None:
         """`together` (PostgreSQL): a batch's paid settles and reserves go as two pipelines of the lone-call
         statements (`_together`); without it every batch is the general one (ledger_sql), as tests need to reach.
-        `spares`: a lone call's settle takes its key's next hold (storage.ledger_spares)."""
+        `spares`: a lone call's settle takes its key's next hold (storage.ledger_spares). `owner`: the prefix of its
+        hold ids (new_owner(); a new one by default), and `fenced`: while it answers True, reserve refuses (503): the
+        owner's heartbeat is failing, so others may release its holds (storage.ledger_owners)."""
         self._transactions = db.transactions(engine)
         self._max_batch = max_batch
         self._settles: list[_Waiting[Settle]] = []
         self._reserves: list[_Waiting[tuple[HoldRequest, Hold]]] = []
         self._writer: asyncio.Task[None] | None = None
         # Hold ids: a random prefix per ledger and a counter (os.urandom per call showed up in the profile).
-        self._id_prefix = "hold_" + secrets.token_hex(8)
+        self._id_prefix = owner or new_owner()
+        self._fenced = fenced
         self._serial = itertools.count()
         self._in_flight = 0  # calls between reserve() and settle(): more than one, and batching pays
         driver = self._transactions
@@ -86,6 +96,11 @@ class SqlLedger:
         self._closing = False
 
     async def reserve(self, request: HoldRequest) -> Hold:
+        if self._fenced is not None and self._fenced():
+            raise LedgerUnavailable(
+                "This gateway process lost its connection to the ledger's database and takes no new calls until it "
+                "is back. Retry in a few seconds (another replica may answer)."
+            )
         mode: BillingMode = "demo" if request.demo else "balance"
         amount = 0 if request.demo else request.amount
         day = today()
@@ -433,9 +448,12 @@ async def release(engine: AsyncEngine, hold_id: str) -> bool:
     as for a hold a database crash lost (ledger_sql._settle_lost), log row included, so a served call is paid for,
     from what the balance holds then."""
     async with engine.begin() as conn:
-        row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).first()
-        if row is None:  # released before
+        # A write first: it locks the row (PostgreSQL) or the database (SQLite), so two sweeps of one hold release it
+        # once; the second finds it gone and does nothing (it took it for lost and logged so).
+        still_open = update(holds).where(holds.c.id == hold_id, holds.c.settled_at.is_(None)).values(mode=holds.c.mode)
+        if (await conn.execute(still_open)).rowcount != 1:
             return False
+        row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).one()
         hold = Hold(row.id, row.user_id, row.key_id, row.amount_nanos, _mode(row.mode), row.spend_day)
         work = partial(run_batch, settles=[Release(hold, row.request_id, "released by repair")], reserves=[])
         results = await conn.run_sync(lambda sync: work(AlchemyBatch(sync)))
@@ -443,6 +461,11 @@ async def release(engine: AsyncEngine, hold_id: str) -> bool:
             return False
         await conn.execute(delete(holds).where(holds.c.id == hold_id))
     return True
+
+
+def new_owner() -> str:
+    """A ledger's hold id prefix: random, so every process's holds are its own (storage.ledger_owners)."""
+    return "hold_" + secrets.token_hex(8)
 
 
 def _mode(text: str) -> BillingMode:

@@ -90,6 +90,7 @@ ledger_owners = Table(
     Column("owner", String(32), primary_key=True),
     Column("started", BigInteger, nullable=False),
     Column("seen", BigInteger, nullable=False),
+    Column("dead_after", Integer, nullable=False),  # seconds without a beat after which this owner is dead
     Column("gone", Boolean, nullable=False, server_default=false()),
 )
 

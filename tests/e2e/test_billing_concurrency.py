@@ -18,6 +18,7 @@ import pytest
 from aipower import catalog as catalog_file
 from aipower.gateway import billing, tokens
 from aipower.messages import ChatRequest, Message, Text
+from aipower.storage.ledger_owners import dead_after
 from tests.billing_helpers import balance_of, grant, ledger_rows, verify
 from tests.conftest import create_key, provider_env
 from tests.e2e.conftest import Served, aipower_serve, clean_environ, run_cli
@@ -82,7 +83,7 @@ def test_a_process_killed_mid_call_leaves_a_hold_that_repair_releases(
     key, _ = create_key(database_url, email, top_up=None)
     grant(database_url, email, "1")
     fake.enqueue(SlowReply(5, JsonReply(completion("deepseek-chat", "late"))))
-    beat = 0.2  # AIPOWER_HOLD_BEAT_SECONDS: a process that missed 4 beats (0.8 s) is dead
+    beat = 0.2  # AIPOWER_HOLD_BEAT_SECONDS: a process that missed its beats for dead_after(0.2) = 2 s is dead
     env = clean_environ(
         {"AIPOWER_DATABASE_URL": database_url, "AIPOWER_HOLD_BEAT_SECONDS": str(beat), **provider_env(fake_url)}
     )
@@ -92,7 +93,7 @@ def test_a_process_killed_mid_call_leaves_a_hold_that_repair_releases(
     held = balance_of(database_url, email)
     assert held.held_nanos > 0 and held.balance_nanos == 1_000_000_000 - held.held_nanos
     assert verify(database_url) == []  # the open hold is accounted for, nothing lost
-    time.sleep(beat * 6)  # its last beat is now more than 4 beats old
+    time.sleep(dead_after(beat) + 1)  # its last beat is now older than its dead_after (whole seconds)
     result = run_cli(["ledger", "verify", "--repair", "--older-than", "0"], env)
     assert result.returncode == 0, result.stderr
     # Other tests of the session may have left holds open in the shared database: at least this one went.

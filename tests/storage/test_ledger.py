@@ -158,7 +158,7 @@ async def test_repair_releases_abandoned_holds_without_charging(engine: AsyncEng
     async with engine.begin() as conn:
         await conn.execute(update(holds).where(holds.c.id == hold.id).values(created_at=old))
     assert await accounts.verify(engine) == []  # an open hold is accounted for
-    stale = await ledger_owners.abandoned(engine, 60, older_than=3600)  # its ledger kept no heartbeat: by age
+    stale = await ledger_owners.abandoned(engine, older_than=3600)  # its ledger kept no heartbeat: by age
     assert hold.id in stale
     assert await ledger.release(engine, hold.id) is True
     assert await ledger.release(engine, hold.id) is False

@@ -96,11 +96,7 @@ class SqlLedger:
         self._closing = False
 
     async def reserve(self, request: HoldRequest) -> Hold:
-        if self._fenced is not None and self._fenced():
-            raise LedgerUnavailable(
-                "This gateway process lost its connection to the ledger's database and takes no new calls until it "
-                "is back. Retry in a few seconds (another replica may answer)."
-            )
+        self._refuse_if_fenced()
         mode: BillingMode = "demo" if request.demo else "balance"
         amount = 0 if request.demo else request.amount
         day = today()
@@ -138,9 +134,21 @@ class SqlLedger:
             self._in_flight -= 1
             raise result
         assert isinstance(result, Hold)
+        if self._fenced is not None and self._fenced():  # fenced while it was written: others may release it
+            self._in_flight -= 1
+            self._release_later(result, "taken while the heartbeat failed")
+            self._start_writer()
+            self._refuse_if_fenced()
         if self._spares is not None:
             self._spares.reserved(request, result)
         return result
+
+    def _refuse_if_fenced(self) -> None:
+        if self._fenced is not None and self._fenced():
+            raise LedgerUnavailable(
+                "This gateway process lost its connection to the ledger's database and takes no new calls until it "
+                "is back. Retry in a few seconds (another replica may answer)."
+            )
 
     def _give_back_spares(self, user_id: int) -> bool:
         """A call of this user was refused: this process's spare holds of the user may be what it lacked. They go
@@ -224,7 +232,8 @@ class SqlLedger:
         hold (a charge above it takes the balance first), not while closing."""
         if self._spares is None or self._closing or not self._lone():
             return None
-        if settlement.charge > settlement.hold.amount:
+        if settlement.charge > settlement.hold.amount or (self._fenced is not None and self._fenced()):
+            # (fenced: others may take this process for dead and release the spare before a call uses it)
             self._spares.forget(settlement.hold)
             return None
         return self._spares.settling(settlement.hold, self._new_id(), today())

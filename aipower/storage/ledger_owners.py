@@ -13,8 +13,11 @@ differ). An open hold is abandoned when its owner:
   repair worked before (AIPOWER_STALE_HOLD_SECONDS, `ledger verify --repair --older-than`).
 
 A live owner's holds are never abandoned, however old: a stream may run for hours. A process that cannot beat
-fences itself: once its last good beat is FENCE_BEATS beats old (half its dead_after), its ledger refuses new holds
-(503), so it never spends holds that others may be releasing. Every live process also sweeps once a beat, in a task
+fences itself: once its last good beat is half its dead_after old (FENCE_BEATS beats), its ledger refuses new holds
+(503), takes no spare, and gives back a hold whose reserve finished after the fence went up. What the fence cannot
+cover: calls already running when it went up. If the process stays cut off past its dead_after, others release
+their holds, and their settles, once the database answers again, charge at most what the balance holds then (as for
+a hold a crash lost); the loss is bounded by those calls. Every live process also sweeps once a beat, in a task
 of its own (a long sweep must not delay its beat), releasing abandoned holds (ledger.release: uncharged; if a call
 was still running after all, its settle charges it, as for a hold a crash lost).
 """
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 OWNER_LENGTH = len("hold_") + 16  # SqlLedger's hold id prefix: "hold_" and 16 hex digits
 DEAD_BEATS = 4  # an owner that missed this many of its beats is dead
 FENCE_BEATS = 2  # a process whose last good beat is this many beats old takes no new hold
+BEAT_TIMEOUT = 1.0  # at least this long for a beat (SQLite's write lock may keep one waiting a few hundred ms)
 FORGET_SECONDS = 86_400  # an owner's row goes a day after its last beat, once none of its holds is open
 o = ledger_owners.c
 
@@ -125,12 +129,14 @@ class HoldKeeper:
         self._beat = beat_seconds
         self._clock = clock
         self._last_beat = clock()
+        self._fence_after = (dead_after(beat_seconds) - 1) / 2  # FENCE_BEATS beats, and more for sub-second beats
+        self._beat_timeout = max(beat_seconds, BEAT_TIMEOUT)
         self._tasks: list[asyncio.Task[None]] = []
 
     def fenced(self) -> bool:
-        """True while the last good beat (its start) is FENCE_BEATS beats old: others may soon take this process for
-        dead and release its holds, so it must take no more."""
-        return self._clock() - self._last_beat > FENCE_BEATS * self._beat
+        """True while the last good beat (its start) is older than half the owner's dead_after (about FENCE_BEATS
+        beats): others may soon take this process for dead and release its holds, so it must take no more."""
+        return self._clock() - self._last_beat > self._fence_after
 
     async def start(self) -> None:
         """Before the ledger's first hold: a hold is never written without its owner's row."""
@@ -157,7 +163,7 @@ class HoldKeeper:
             due = max(due + self._beat, self._clock())  # on time, not drifting; no burst after a stall
             began = self._clock()
             try:
-                await asyncio.wait_for(beat(self._engine, self._owner, self._beat), timeout=self._beat)
+                await asyncio.wait_for(beat(self._engine, self._owner, self._beat), timeout=self._beat_timeout)
             except Exception:  # a database hiccup or a hung beat: the fence counts from the last good one
                 logger.warning(
                     "ledger: heartbeat of %s failed; new holds stop at %d missed beats",

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.errors import LedgerUnavailable
@@ -135,12 +135,12 @@ async def test_a_process_whose_heartbeat_fails_takes_no_new_hold(
     await keeper.start()
     await book.settle(settlement(await book.reserve(hold_request(user_id, key_id, 1000)), 10))
     monkeypatch.setattr(ledger_owners, "beat", hung)
-    await asyncio.sleep(0.4)  # eight beats, none good
+    await asyncio.sleep(0.8)  # no good beat for longer than half its dead_after (2 s): fenced
     with pytest.raises(LedgerUnavailable) as refused:
         await book.reserve(hold_request(user_id, key_id, 1000))
     assert refused.value.status == 503
     monkeypatch.undo()
-    await asyncio.sleep(0.2)  # beats again
+    await asyncio.sleep(1.5)  # the hung beat times out (after at least 1 s), the next one is good
     await book.settle(settlement(await book.reserve(hold_request(user_id, key_id, 1000)), 10))
     await keeper.close()
     await book.close()
@@ -161,3 +161,38 @@ async def test_two_sweeps_of_one_hold_release_it_once(database_url: str, engine:
     await book.close()
     assert (await accounts.balance(engine, user_id)).held_nanos == 0
     assert await accounts.verify(engine) == []
+
+
+async def _open_holds(engine: AsyncEngine, user_id: int) -> int:
+    async with engine.connect() as conn:
+        query = select(func.count()).where(holds.c.user_id == user_id, holds.c.settled_at.is_(None))
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_a_hold_written_while_the_fence_went_up_goes_back(engine: AsyncEngine) -> None:
+    """A reserve that passed the fence but finished after it went up (it waited on a lock meanwhile): its hold may be
+    released by others any moment, so it goes back and the call gets 503 (the second review's find)."""
+    user_id, key_id = await new_account(engine, "1")
+    answers = iter([False, True, True, True])
+    book = ledger.SqlLedger(engine, fenced=lambda: next(answers, True))
+    with pytest.raises(LedgerUnavailable):
+        await book.reserve(hold_request(user_id, key_id, 1000))
+    await book.close()
+    assert await _open_holds(engine, user_id) == 0
+    assert (await accounts.balance(engine, user_id)).balance_nanos == USD
+
+
+async def test_a_fenced_process_takes_no_spare(engine: AsyncEngine) -> None:
+    """A lone settle takes its key's next hold (a spare) in memory: not while fenced, when others may release it
+    before a call uses it (the second review's find)."""
+    user_id, key_id = await new_account(engine, "1")
+    fenced = False
+    book = ledger.SqlLedger(engine, spares=True, fenced=lambda: fenced)
+    hold = await book.reserve(hold_request(user_id, key_id, 1000))
+    await book.settle(settlement(hold, 10))
+    assert await _open_holds(engine, user_id) == 1  # not fenced: the spare was taken
+    hold = await book.reserve(hold_request(user_id, key_id, 1000))  # runs on it
+    fenced = True
+    await book.settle(settlement(hold, 10))
+    assert await _open_holds(engine, user_id) == 0
+    await book.close()

@@ -1,4 +1,4 @@
-"""The prepaid ledger: holds and settlements, group-committed; repair. Implements gateway Ledger. Storage layer.
+"""The prepaid ledger: holds and settlements, group-committed. Implements gateway Ledger. Storage layer.
 
 Invariant (checked by accounts.verify()): for every user, balance + open balance holds == sum(ledger amounts),
 and the balance is never negative. Every reserve is one guarded UPDATE (`... WHERE balance >= :amount`), so
@@ -14,7 +14,7 @@ hold's settle are one statement each, storage.ledger_alone), committed before it
 writer too sends a batch's paid settles and its reserves as those statements, each group at once and the two side
 by side (a round trip each instead of about twelve; the rest, and whatever they refuse, go to the general batch).
 A caller never hears "done" for money that is not committed; a crash of the process loses at most work that no
-caller was told about (its holds stay open until repair releases them).
+caller was told about (its holds stay open until repair releases them: storage.ledger_owners).
 
 Durability: a batch with a settle commits durably. A batch of reserves only may commit without waiting for the
 disk (db.Transactions, durable=False; PostgreSQL's synchronous_commit=off): visible to all at once, row locks
@@ -34,16 +34,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aipower.errors import GatewayError, InsufficientCredit, LedgerUnavailable
 from aipower.gateway.protocols import BillingMode, Hold, HoldRequest, Settlement
 from aipower.storage import db, ledger_alone, ledger_spares
-from aipower.storage.batch import AlchemyBatch
 from aipower.storage.ledger_spares import Spares
 from aipower.storage.ledger_sql import Release, Result, Settle, Spare, run_batch
-from aipower.storage.tables import holds
 
 Op = TypeVar("Op")
 
@@ -448,39 +445,6 @@ def _answer(future: asyncio.Future[Result], result: Result | Exception) -> None:
         future.set_result(result)
 
 
-async def release(engine: AsyncEngine, hold_id: str) -> bool:
-    """Release a hold its process abandoned (it stopped mid-call: storage.ledger_owners): its money goes back,
-    uncharged, and its row is deleted, in one transaction. False if it was settled or released meanwhile.
-
-    Deleted, not closed: if its call was still running after all (its process cut off from the database for 4 beats,
-    or an older version's call longer than the stale age), that call's settle finds no row and charges the balance
-    as for a hold a database crash lost (ledger_sql._settle_lost), log row included, so a served call is paid for,
-    from what the balance holds then."""
-    async with engine.begin() as conn:
-        # A write first: it locks the row (PostgreSQL) or the database (SQLite), so two sweeps of one hold release it
-        # once; the second finds it gone and does nothing (it took it for lost and logged so).
-        still_open = update(holds).where(holds.c.id == hold_id, holds.c.settled_at.is_(None)).values(mode=holds.c.mode)
-        if (await conn.execute(still_open)).rowcount != 1:
-            return False
-        row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).one()
-        hold = Hold(row.id, row.user_id, row.key_id, row.amount_nanos, _mode(row.mode), row.spend_day)
-        work = partial(run_batch, settles=[Release(hold, row.request_id, "released by repair")], reserves=[])
-        results = await conn.run_sync(lambda sync: work(AlchemyBatch(sync)))
-        if results[0] is None:
-            return False
-        await conn.execute(delete(holds).where(holds.c.id == hold_id))
-    return True
-
-
 def new_owner() -> str:
     """A ledger's hold id prefix: random, so every process's holds are its own (storage.ledger_owners)."""
     return "hold_" + secrets.token_hex(8)
-
-
-def _mode(text: str) -> BillingMode:
-    match text:
-        case "trial" | "demo" | "balance":
-            return text
-        case "spare":  # storage.ledger_spares: a balance hold taken for a key's next call
-            return "balance"
-    raise ValueError(f"unknown billing mode {text!r}")

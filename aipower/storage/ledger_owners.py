@@ -18,7 +18,7 @@ fences itself: once its last good beat is half its dead_after old (FENCE_BEATS b
 cover: calls already running when it went up. If the process stays cut off past its dead_after, others release
 their holds, and their settles, once the database answers again, charge at most what the balance holds then (as for
 a hold a crash lost); the loss is bounded by those calls. Every live process also sweeps once a beat, in a task
-of its own (a long sweep must not delay its beat), releasing abandoned holds (ledger.release: uncharged; if a call
+of its own (a long sweep must not delay its beat), releasing abandoned holds (release(): uncharged; if a call
 was still running after all, its settle charges it, as for a hold a crash lost).
 """
 
@@ -31,11 +31,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 from sqlalchemy import BigInteger, ColumnElement, Integer, and_, cast, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aipower.storage import ledger
+from aipower.gateway.protocols import BillingMode, Hold
+from aipower.storage.batch import AlchemyBatch
+from aipower.storage.ledger_sql import Release, run_batch
 from aipower.storage.tables import holds, ledger_owners
 
 logger = logging.getLogger(__name__)
@@ -101,6 +104,39 @@ async def abandoned(engine: AsyncEngine, older_than: float | None) -> list[str]:
         return list((await conn.execute(query)).scalars())
 
 
+async def release(engine: AsyncEngine, hold_id: str) -> bool:
+    """Release a hold its process abandoned (it stopped mid-call: storage.ledger_owners): its money goes back,
+    uncharged, and its row is deleted, in one transaction. False if it was settled or released meanwhile.
+
+    Deleted, not closed: if its call was still running after all (its process cut off from the database for 4 beats,
+    or an older version's call longer than the stale age), that call's settle finds no row and charges the balance
+    as for a hold a database crash lost (ledger_sql._settle_lost), log row included, so a served call is paid for,
+    from what the balance holds then."""
+    async with engine.begin() as conn:
+        # A write first: it locks the row (PostgreSQL) or the database (SQLite), so two sweeps of one hold release it
+        # once; the second finds it gone and does nothing (it took it for lost and logged so).
+        still_open = update(holds).where(holds.c.id == hold_id, holds.c.settled_at.is_(None)).values(mode=holds.c.mode)
+        if (await conn.execute(still_open)).rowcount != 1:
+            return False
+        row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).one()
+        hold = Hold(row.id, row.user_id, row.key_id, row.amount_nanos, _mode(row.mode), row.spend_day)
+        work = partial(run_batch, settles=[Release(hold, row.request_id, "released by repair")], reserves=[])
+        results = await conn.run_sync(lambda sync: work(AlchemyBatch(sync)))
+        if results[0] is None:
+            return False
+        await conn.execute(delete(holds).where(holds.c.id == hold_id))
+    return True
+
+
+def _mode(text: str) -> BillingMode:
+    match text:
+        case "trial" | "demo" | "balance":
+            return text
+        case "spare":  # storage.ledger_spares: a balance hold taken for a key's next call
+            return "balance"
+    raise ValueError(f"unknown billing mode {text!r}")
+
+
 async def sweep(engine: AsyncEngine, older_than: float | None = None, until: float | None = None) -> int:
     """Release the abandoned holds (see abandoned()), stopping at `until` (time.monotonic(); the rest waits for the
     next sweep), and forget owners dead for a day with none left; how many holds this call released."""
@@ -108,7 +144,7 @@ async def sweep(engine: AsyncEngine, older_than: float | None = None, until: flo
     for hold_id in await abandoned(engine, older_than):
         if until is not None and time.monotonic() > until:
             return released
-        released += await ledger.release(engine, hold_id)
+        released += await release(engine, hold_id)
     has_open = select(holds.c.id).where(
         holds.c.settled_at.is_(None), func.substr(holds.c.id, 1, OWNER_LENGTH) == o.owner
     )

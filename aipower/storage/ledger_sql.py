@@ -424,8 +424,9 @@ def _close_alone(conn: BatchConnection, item: Settle, writes: _Writes, users: li
 
 
 def _settle_lost(conn: BatchConnection, item: Settle, writes: _Writes) -> int:
-    """Settle a hold that has no row: repair released it while its call still ran (ledger.release), or its reserve
-    committed asynchronously and a database crash lost it; either way the balance (or trial call) it took is back.
+    """Settle a hold that has no row: repair released it while its call still ran (ledger_owners.release), or its
+    reserve committed asynchronously and a database crash lost it; either way the balance (or trial call) it took is
+    back.
     The call was served, so the charge comes from the balance now, at most what it has (as a charge above a hold
     does; the key's spend too, and the day's if the account already counts that day), and the hold's row is
     written, closed."""

@@ -160,8 +160,8 @@ async def test_repair_releases_abandoned_holds_without_charging(engine: AsyncEng
     assert await accounts.verify(engine) == []  # an open hold is accounted for
     stale = await ledger_owners.abandoned(engine, older_than=3600)  # its ledger kept no heartbeat: by age
     assert hold.id in stale
-    assert await ledger.release(engine, hold.id) is True
-    assert await ledger.release(engine, hold.id) is False
+    assert await ledger_owners.release(engine, hold.id) is True
+    assert await ledger_owners.release(engine, hold.id) is False
     assert (await accounts.balance(engine, user_id)).balance_nanos == USD
     assert await accounts.verify(engine) == []
 
@@ -174,7 +174,7 @@ async def test_a_call_whose_hold_repair_released_is_still_charged_and_logged(eng
     user_id, key_id = await new_account(engine, "1")
     book = ledger.SqlLedger(engine, spares=spares)
     hold = await book.reserve(hold_request(user_id, key_id, 2000))
-    assert await ledger.release(engine, hold.id) is True  # the call is still running in `book`
+    assert await ledger_owners.release(engine, hold.id) is True  # the call is still running in `book`
     assert (await accounts.balance(engine, user_id)).balance_nanos == USD
     done = settlement(hold, 300)
     assert await book.settle(done) == 300

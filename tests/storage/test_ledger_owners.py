@@ -153,7 +153,7 @@ async def test_two_sweeps_of_one_hold_release_it_once(database_url: str, engine:
     others = [db.make_engine(database_url) for _ in range(2)]
     try:
         for hold in holds_taken:
-            both = await asyncio.gather(*(ledger.release(e, hold.id) for e in others))
+            both = await asyncio.gather(*(ledger_owners.release(e, hold.id) for e in others))
             assert sorted(both) == [False, True]
     finally:
         for other in others:

@@ -122,7 +122,11 @@ async def create_response(request: Request) -> Response:
     history = await _history(ctx, caller, parsed.previous_response_id)
     items = wire.input_items(parsed)
     history.check(items)
-    chat = wire.build_chat(parsed, history.items + items, first_new=len(history.items), origins=history.origins)
+    # Reasoning the caller sends back itself (store: false, or output appended to input) was made, as far as the
+    # gateway can tell, by the model the caller names: its signature goes back to that model only. A route id (auto-*)
+    # is no model, so such a signature goes to none (Claude then runs that tool loop without thinking).
+    origins = [*history.origins, *[parsed.model] * len(items)]
+    chat = wire.build_chat(parsed, history.items + items, first_new=len(history.items), origins=origins)
     store = parsed.store is not False and not caller.is_demo  # what a demo caller stores, every demo caller could read
     draft = _Draft(
         id=wire.new_id("resp"),

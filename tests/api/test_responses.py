@@ -606,6 +606,39 @@ def test_a_failover_target_does_not_get_another_models_signature(
     assert signature in claude and signature not in gemini
 
 
+def test_reasoning_the_caller_sends_back_goes_to_no_other_model(
+    gateway: Gateway, upstream_url: str, upstream: FakeUpstream
+) -> None:
+    """store: false, the output appended to the next input (Codex's way): Claude's signed reasoning came back with no
+    origin and went to whatever model served the turn, Gemini included (the last review's find)."""
+    turn = thinking_then_tool_call()
+    signature = turn["content"][0]["signature"]
+    overloaded = fixture("anthropic", "error-529")["response"]
+    with dedicated_client(gateway, upstream_url) as sdk:  # breakers of its own
+        upstream.enqueue(JsonReply(turn))
+        first = sdk.responses.create(model="auto-best", input="Weather in Paris?", tools=[WEATHER_TOOL], store=False)
+        call = next(item for item in first.output if item.type == "function_call")
+        upstream.reset()
+        upstream.enqueue(
+            JsonReply(overloaded["body"], status=overloaded["status"]),
+            JsonReply({"error": {"message": "down", "type": "server_error"}}, status=503),
+            gemini_reply("plain-text"),
+        )
+        replay = [item.model_dump(exclude_none=True) for item in first.output]
+        second = sdk.responses.create(
+            model="auto-best",
+            store=False,
+            tools=[WEATHER_TOOL],
+            input=[
+                {"role": "user", "content": "Weather in Paris?"},
+                *replay,
+                {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+            ],
+        )
+    assert second.model == "google/gemini-2.5-pro"
+    assert all(signature not in r.body.decode() for r in upstream.requests)
+
+
 def test_an_id_with_a_nul_is_simply_not_found(gateway: Gateway) -> None:
     """No id holds a NUL, and PostgreSQL refuses one in a query: a 404 like any unknown id, not a 500."""
     with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {gateway.api_key}"}) as http:

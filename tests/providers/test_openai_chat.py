@@ -327,6 +327,24 @@ def test_moonshot_thinking_gets_empty_reasoning_on_a_tool_call_turn_without_any(
     assert all("reasoning_content" not in m for m in (sent[0], sent[2]))
 
 
+@pytest.mark.parametrize(
+    ("model_id", "fields"),
+    [
+        ("deepseek/deepseek-chat", {}),
+        ("moonshot/moonshot-v1-8k", {}),
+        ("moonshot/kimi-k2.5", {"extra": {"reasoning_effort": "none"}}),
+    ],
+)
+def test_a_model_that_does_not_think_gets_no_earlier_reasoning(
+    catalog: Catalog, model_id: str, fields: dict[str, Any]
+) -> None:
+    """A conversation that began on a thinking model (or with thinking on) and goes on without it: the earlier
+    reasoning stays out (it was sent to models that never asked for it: the last review's find)."""
+    thought = (Reasoning("I should look it up."),)
+    sent = build_body(catalog, tool_loop(model_id, thought, **fields), model_id)["messages"]
+    assert all("reasoning_content" not in m for m in sent)
+
+
 def test_a_reasoning_history_quirk_can_be_set_in_a_catalog_file(tmp_path: Path) -> None:
     extra = tmp_path / "catalog.toml"
     extra.write_text('[providers.qwen]\nquirks = { reasoning_history = "send" }\n', "utf-8")
@@ -635,6 +653,17 @@ async def test_usage_inside_the_last_choice_is_reported(catalog: Catalog) -> Non
     }
     raw = sse.encode(orjson.dumps(chunk)) + sse.DONE_FRAME
     assert await parse_stream(adapter(catalog, "moonshot"), raw, 1000) == [Finish(0, "stop"), UsageReport(Usage(3, 2))]
+
+
+async def test_a_chunk_with_a_null_error_is_an_ordinary_chunk(catalog: Catalog) -> None:
+    """Some providers put "error": null in every chunk; only an error with something in it ends the stream."""
+    raw = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"par"}}],"error":null}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{"content":"is"},"finish_reason":"stop"}],"error":null}\n\n'
+        + sse.DONE_FRAME
+    )
+    out = assemble(await parse_stream(adapter(catalog, "deepseek"), raw, 16))
+    assert (out.text, len(out.finishes)) == ("paris", 1)
 
 
 async def test_an_error_event_mid_stream_raises(catalog: Catalog) -> None:

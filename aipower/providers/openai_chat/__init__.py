@@ -78,7 +78,7 @@ class OpenAIChat(Adapter):
                 raise self.unreadable("a stream chunk that is not JSON") from None
             if not isinstance(chunk, dict):
                 raise self.unreadable("a stream chunk that is not a JSON object")
-            if "error" in chunk:  # mapped as the same error before the stream would be (its status from its words)
+            if chunk.get("error"):  # mapped as the same error before the stream would be (its status from its words)
                 raise self._error_from(chunk, status=error_status(chunk))
             try:
                 stream_events = chunk_events(chunk, state)

@@ -56,10 +56,8 @@ def check_request(request: ChatRequest, quirks: Quirks, model_id: str) -> None:
 def apply_quirks(body: Json, quirks: Quirks, model_id: str) -> None:
     """Map reasoning_effort, then remove, drop and rename fields as the model's quirks say."""
     _apply_reasoning(body, quirks, model_id)
-    if quirks.reasoning_history == "required" and _thinking_on(body, quirks):
-        for message in body["messages"]:  # e.g. Moonshot: 400 "reasoning_content is missing in assistant tool call"
-            if message["role"] == "assistant" and "tool_calls" in message:
-                message.setdefault("reasoning_content", "")
+    if quirks.reasoning_history != "drop":
+        _reasoning_history(body, quirks)
     for name in quirks.drop:
         body.pop(name, None)
     for name in quirks.reject:  # what is left of a rejected field holds a no-op value: not sent
@@ -108,6 +106,20 @@ def thinks(request: ChatRequest, quirks: Quirks) -> bool:
         return enable is True
     effort = request.extra.get("reasoning_effort")
     return effort is not None and effort != "none"
+
+
+def _reasoning_history(body: Json, quirks: Quirks) -> None:
+    """Earlier reasoning goes back only to a model that thinks on this request (none to deepseek-chat, moonshot-v1-8k
+    or kimi with thinking disabled: they never asked for it); with "required", a tool-call turn without any gets ""
+    (Moonshot: 400 "reasoning_content is missing in assistant tool call message")."""
+    thinking = _thinking_on(body, quirks)
+    for message in body["messages"]:
+        if message["role"] != "assistant":
+            continue
+        if not thinking:
+            message.pop("reasoning_content", None)
+        elif quirks.reasoning_history == "required" and "tool_calls" in message:
+            message.setdefault("reasoning_content", "")
 
 
 def _thinking_on(body: Json, quirks: Quirks) -> bool:

@@ -12,14 +12,14 @@ differ). An open hold is abandoned when its owner:
 - has no row at all (a process of a version before this one): then only once it is older than the age given, as
   repair worked before (AIPOWER_STALE_HOLD_SECONDS, `ledger verify --repair --older-than`).
 
-A live owner's holds are never abandoned, however old: a stream may run for hours. A process that cannot beat
-fences itself: once its last good beat is half its dead_after old (FENCE_BEATS beats), its ledger refuses new holds
-(503), takes no spare, and gives back a hold whose reserve finished after the fence went up. What the fence cannot
-cover: calls already running when it went up. If the process stays cut off past its dead_after, others release
-their holds, and their settles, once the database answers again, charge at most what the balance holds then (as for
-a hold a crash lost); the loss is bounded by those calls. Every live process also sweeps once a beat, in a task
-of its own (a long sweep must not delay its beat), releasing abandoned holds (release(): uncharged; if a call
-was still running after all, its settle charges it, as for a hold a crash lost).
+The holds of an owner that keeps beating are never abandoned, however old: a stream may run for hours. A process
+that cannot beat fences itself: once its last good beat is half its dead_after old (FENCE_BEATS beats), its ledger
+refuses new holds (503), takes no spare, and gives back a hold whose reserve finished after the fence went up. What
+the fence cannot cover: calls already running when it went up. If the process stays cut off past its dead_after,
+others release their holds, and their settles, once the database answers again, charge at most what the balance
+holds then (as for a hold a crash lost); the loss is bounded by those calls. Every live process also sweeps once a
+beat, in a task of its own (a long sweep must not delay its beat), releasing abandoned holds (release(): uncharged;
+if a call was still running after all, its settle charges it, as for a hold a crash lost).
 """
 
 from __future__ import annotations
